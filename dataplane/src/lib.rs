@@ -1,0 +1,1 @@
+//! meshgate dataplane (placeholder).

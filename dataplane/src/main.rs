@@ -1,0 +1,2 @@
+//! `meshgate` binary.
+fn main() {}

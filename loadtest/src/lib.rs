@@ -1,0 +1,1 @@
+//! `meshgate-load`: load harness and mock upstream (placeholder: being written).
