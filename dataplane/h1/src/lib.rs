@@ -1,1 +1,37 @@
-//! HTTP/1.1 codec for the dataplane (placeholder: being written).
+//! HTTP/1.1 server and client codec for the meshgate dataplane, over monoio's owned-buffer
+//! IO, plus server-sent-events framing.
+//!
+//! Where it sits: the hub's worker accepts a connection and wraps it in a [`ServerConn`],
+//! which reads bounded, fully-buffered [`Request`]s and writes whole or streamed (chunked,
+//! SSE) responses. Upstream MCP servers are reached through pooled [`ClientConn`]s, whose
+//! responses are read whole or piece by piece. [`SseDecoder`] and [`encode_sse_event`]
+//! frame `text/event-stream` bodies in both directions.
+//!
+//! Modules:
+//! - `headers`: [`Headers`] (values are slices of the frozen head buffer) and [`Method`].
+//! - `server`: [`ServerConn`], [`Limits`], [`RequestHead`], [`Request`], [`ServerError`].
+//! - `client`: [`ClientConn`], [`ResponseHead`], [`BodyKind`], [`ClientError`].
+//! - `sse`: [`SseDecoder`], [`SseEvent`], [`encode_sse_event`], [`SSE_KEEPALIVE`].
+//! - `chunked`, `wire`, `io`: sans-IO chunked decoding, head serialisation, buffer glue.
+//!
+//! Performance: one read buffer (`BytesMut`) and one write buffer (`Vec<u8>`) per
+//! connection; heads are parsed in place and sliced after `freeze()`; Content-Length bodies
+//! are never copied. All timeouts need a monoio runtime built with `enable_timer()`.
+//!
+//! Cancellation: monoio IO owns its buffers, and a dropped read may already have consumed
+//! bytes. A connection whose operation was cancelled or failed is never reused
+//! ([`ClientConn::is_reusable`]); a server connection is dropped after any error.
+
+mod chunked;
+mod client;
+mod headers;
+mod io;
+mod server;
+mod sse;
+mod wire;
+
+pub use client::{BodyKind, ClientConn, ClientError, ResponseHead};
+pub use headers::{Headers, Method};
+pub use server::{Limits, Request, RequestHead, ServerConn, ServerError};
+pub use sse::{encode_sse_event, SseDecoder, SseEvent, SSE_KEEPALIVE};
+pub use wire::reason_phrase;

@@ -1,0 +1,432 @@
+//! Client side of the codec: [`ClientConn`] sends requests to an upstream over one plain
+//! TCP connection and reads responses, whole or piece by piece (SSE streams).
+//!
+//! The hub pools these per worker. A connection goes back to the pool only when
+//! [`ClientConn::is_reusable`] says so: the last response was read to its end, both sides
+//! allowed keep-alive, no stray bytes are buffered, and no operation was abandoned midway.
+//! Every operation sets a `busy` flag on entry and clears it on completion, so a future
+//! dropped by `monoio::time::timeout` leaves the connection marked unusable (a cancelled
+//! read may already have consumed bytes of the response).
+//!
+//! Response bodies are decoded from one read buffer per connection; data is handed out as
+//! `Bytes` split off that buffer, so nothing is copied except when joining a chunked body.
+
+use std::net::SocketAddr;
+
+use bytes::{Bytes, BytesMut};
+use monoio::net::TcpStream;
+
+use crate::chunked::{Chunk, ChunkedDecoder};
+use crate::headers::Headers;
+use crate::io::{read_more, write_buf};
+use crate::wire;
+
+/// Largest response head accepted.
+const MAX_RESPONSE_HEAD_BYTES: usize = 64 * 1024;
+/// Most response header fields accepted.
+const MAX_RESPONSE_HEADERS: usize = 128;
+/// Spare room requested from the read buffer per read.
+const READ_SPARE: usize = 16 * 1024;
+
+/// Why a request/response exchange failed. After any error the connection is not reusable.
+#[derive(Debug, thiserror::Error)]
+pub enum ClientError {
+    /// Socket error, or the peer closed in the middle of a body.
+    #[error("i/o error: {0}")]
+    Io(#[from] std::io::Error),
+    /// The response violates HTTP/1.1 framing.
+    #[error("malformed response: {0}")]
+    Malformed(&'static str),
+    /// The response head exceeds 64 KiB or 128 fields.
+    #[error("response head too large")]
+    HeadTooLarge,
+    /// The body exceeds the caller's limit.
+    #[error("response body too large")]
+    BodyTooLarge,
+    /// The peer closed (or reset) the connection before a complete response head; typical
+    /// of a pooled connection the upstream had already closed, so a retry on a fresh
+    /// connection is reasonable for idempotent requests.
+    #[error("connection closed before a response")]
+    Closed,
+}
+
+/// How the response body is delimited.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum BodyKind {
+    /// No body (HEAD request, 1xx, 204, 304).
+    Empty,
+    /// `Content-Length` bytes (possibly 0).
+    Length(u64),
+    /// `Transfer-Encoding: chunked`.
+    Chunked,
+    /// Delimited by the server closing the connection.
+    UntilClose,
+}
+
+/// A parsed response head.
+#[derive(Debug, Clone)]
+pub struct ResponseHead {
+    /// Status code (never 1xx except 101; interim responses are skipped).
+    pub status: u16,
+    /// Header fields in arrival order.
+    pub headers: Headers,
+    /// How the body is delimited.
+    pub body: BodyKind,
+    /// Whether both sides allow reusing the connection after this response.
+    pub keep_alive: bool,
+}
+
+/// Body decoding state of the response in progress.
+#[derive(Debug)]
+enum BodyState {
+    Done,
+    Length(u64),
+    Chunked(ChunkedDecoder),
+    UntilClose,
+}
+
+/// One client connection to an upstream, over `monoio::net::TcpStream`.
+pub struct ClientConn {
+    io: TcpStream,
+    rbuf: BytesMut,
+    wbuf: Vec<u8>,
+    body: BodyState,
+    /// Set while an operation runs; stays set if its future is dropped.
+    busy: bool,
+    /// Set after any error.
+    broken: bool,
+    /// Keep-alive as agreed for the last exchange.
+    keep_alive: bool,
+}
+
+impl ClientConn {
+    /// Connect to `addr` and set `TCP_NODELAY`. The caller bounds this with
+    /// `monoio::time::timeout`.
+    ///
+    /// # Errors
+    /// Connect or socket-option errors.
+    pub async fn connect(addr: SocketAddr) -> std::io::Result<Self> {
+        let io = TcpStream::connect(addr).await?;
+        io.set_nodelay(true)?;
+        Ok(Self::from_stream(io))
+    }
+
+    /// Wrap an already connected stream.
+    pub fn from_stream(io: TcpStream) -> Self {
+        Self {
+            io,
+            rbuf: BytesMut::with_capacity(READ_SPARE),
+            wbuf: Vec::with_capacity(1024),
+            body: BodyState::Done,
+            busy: false,
+            broken: false,
+            keep_alive: true,
+        }
+    }
+
+    /// The underlying stream.
+    pub fn inner(&self) -> &TcpStream {
+        &self.io
+    }
+
+    /// True only when the last response was read completely, both sides said keep-alive,
+    /// and no operation was abandoned midway (or failed). A fresh connection is reusable.
+    pub fn is_reusable(&self) -> bool {
+        !self.busy
+            && !self.broken
+            && self.keep_alive
+            && matches!(self.body, BodyState::Done)
+            && self.rbuf.is_empty()
+    }
+
+    /// Write one request (`Host` added, `Content-Length` set from `body`), then read the
+    /// response head, skipping 1xx interim responses (except 101).
+    ///
+    /// `headers` must not contain Host, Content-Length or Transfer-Encoding. GET, HEAD,
+    /// DELETE and OPTIONS requests with an empty body carry no Content-Length.
+    ///
+    /// # Errors
+    /// [`ClientError::Closed`] if the peer closed before a complete head (including a
+    /// reset while writing); `Io` if this connection is not reusable; otherwise see
+    /// [`ClientError`].
+    pub async fn send(
+        &mut self,
+        method: &str,
+        target: &str,
+        host: &str,
+        headers: &[(&str, &[u8])],
+        body: &[u8],
+    ) -> Result<ResponseHead, ClientError> {
+        if !self.is_reusable() {
+            return Err(ClientError::Io(std::io::Error::other(
+                "connection is not reusable for another request",
+            )));
+        }
+        self.busy = true;
+        let res = self.send_inner(method, target, host, headers, body).await;
+        match &res {
+            Ok(_) => {}
+            Err(_) => self.broken = true,
+        }
+        self.busy = false;
+        res
+    }
+
+    async fn send_inner(
+        &mut self,
+        method: &str,
+        target: &str,
+        host: &str,
+        headers: &[(&str, &[u8])],
+        body: &[u8],
+    ) -> Result<ResponseHead, ClientError> {
+        self.wbuf.clear();
+        let out = &mut self.wbuf;
+        out.extend_from_slice(method.as_bytes());
+        out.push(b' ');
+        out.extend_from_slice(target.as_bytes());
+        out.extend_from_slice(b" HTTP/1.1\r\n");
+        wire::put_header(out, "Host", host.as_bytes());
+        wire::put_headers(out, headers);
+        if !body.is_empty() || !matches!(method, "GET" | "HEAD" | "DELETE" | "OPTIONS") {
+            wire::put_content_length(out, body.len());
+        }
+        out.extend_from_slice(b"\r\n");
+        out.extend_from_slice(body);
+        let request_close = headers.iter().any(|(n, v)| {
+            n.eq_ignore_ascii_case("connection")
+                && v.split(|&b| b == b',')
+                    .any(|t| crate::headers::trim_ascii(t).eq_ignore_ascii_case(b"close"))
+        });
+        write_buf(&mut self.io, &mut self.wbuf)
+            .await
+            .map_err(closed_or_io)?;
+
+        loop {
+            if let Some(head) = self.try_parse_head(method == "HEAD", request_close)? {
+                if (100..200).contains(&head.status) && head.status != 101 {
+                    continue;
+                }
+                return Ok(head);
+            }
+            if self.rbuf.len() > MAX_RESPONSE_HEAD_BYTES {
+                return Err(ClientError::HeadTooLarge);
+            }
+            let n = read_more(&mut self.io, &mut self.rbuf, READ_SPARE)
+                .await
+                .map_err(closed_or_io)?;
+            if n == 0 {
+                return Err(ClientError::Closed);
+            }
+        }
+    }
+
+    /// Parse a complete buffered response head, consume it and set up body decoding.
+    fn try_parse_head(
+        &mut self,
+        head_request: bool,
+        request_close: bool,
+    ) -> Result<Option<ResponseHead>, ClientError> {
+        let mut slots = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
+        let mut resp = httparse::Response::new(&mut slots);
+        let len = match resp.parse(&self.rbuf) {
+            Ok(httparse::Status::Complete(n)) => n,
+            Ok(httparse::Status::Partial) => return Ok(None),
+            Err(httparse::Error::TooManyHeaders) => return Err(ClientError::HeadTooLarge),
+            Err(_) => return Err(ClientError::Malformed("invalid response head")),
+        };
+        if len > MAX_RESPONSE_HEAD_BYTES {
+            return Err(ClientError::HeadTooLarge);
+        }
+        let (Some(status), Some(minor)) = (resp.code, resp.version) else {
+            return Err(ClientError::Malformed("incomplete status line"));
+        };
+        let base = self.rbuf.as_ptr() as usize;
+        let mut spans = Vec::with_capacity(resp.headers.len());
+        for h in resp.headers.iter() {
+            let n = h.name.as_ptr() as usize - base;
+            let v = h.value.as_ptr() as usize - base;
+            spans.push((n, n + h.name.len(), v, v + h.value.len()));
+        }
+        let head = self.rbuf.split_to(len).freeze();
+        let mut headers = Headers::with_capacity(spans.len());
+        for (ns, ne, vs, ve) in spans {
+            headers.push_raw(head.slice(ns..ne), head.slice(vs..ve));
+        }
+
+        let body = if head_request || matches!(status, 100..=199 | 204 | 304) {
+            BodyKind::Empty
+        } else if headers.get("transfer-encoding").is_some() {
+            let last_chunked = headers
+                .get_all("transfer-encoding")
+                .flat_map(|v| v.split(|&b| b == b','))
+                .map(crate::headers::trim_ascii)
+                .filter(|t| !t.is_empty())
+                .last()
+                .is_some_and(|t| t.eq_ignore_ascii_case(b"chunked"));
+            if last_chunked {
+                BodyKind::Chunked
+            } else {
+                BodyKind::UntilClose
+            }
+        } else {
+            let mut cl: Option<u64> = None;
+            for v in headers.get_all("content-length") {
+                for part in v.split(|&b| b == b',') {
+                    let n = wire::parse_content_length(part)
+                        .ok_or(ClientError::Malformed("bad Content-Length"))?;
+                    if cl.is_some_and(|prev| prev != n) {
+                        return Err(ClientError::Malformed("conflicting Content-Length"));
+                    }
+                    cl = Some(n);
+                }
+            }
+            match cl {
+                Some(n) => BodyKind::Length(n),
+                None => BodyKind::UntilClose,
+            }
+        };
+        let server_keep_alive = if minor >= 1 {
+            !headers.has_token("connection", "close")
+        } else {
+            headers.has_token("connection", "keep-alive")
+                && !headers.has_token("connection", "close")
+        };
+        let keep_alive = server_keep_alive && !request_close && body != BodyKind::UntilClose;
+        self.keep_alive = keep_alive;
+        self.body = match body {
+            BodyKind::Empty | BodyKind::Length(0) => BodyState::Done,
+            BodyKind::Length(n) => BodyState::Length(n),
+            BodyKind::Chunked => BodyState::Chunked(ChunkedDecoder::new(MAX_RESPONSE_HEAD_BYTES)),
+            BodyKind::UntilClose => BodyState::UntilClose,
+        };
+        Ok(Some(ResponseHead {
+            status,
+            headers,
+            body,
+            keep_alive,
+        }))
+    }
+
+    /// Next piece of the decoded (de-chunked) response body, delivered as soon as it
+    /// arrives; `Ok(None)` at the end of the body.
+    ///
+    /// # Errors
+    /// Socket errors, an early close (`Io` with `UnexpectedEof`), or bad chunk framing.
+    pub async fn read_chunk(&mut self) -> Result<Option<Bytes>, ClientError> {
+        self.busy = true;
+        let res = self.next_piece().await;
+        if res.is_err() {
+            self.broken = true;
+        }
+        self.busy = false;
+        res
+    }
+
+    async fn next_piece(&mut self) -> Result<Option<Bytes>, ClientError> {
+        loop {
+            match &mut self.body {
+                BodyState::Done => return Ok(None),
+                BodyState::Length(rem) => {
+                    if !self.rbuf.is_empty() {
+                        let n = usize::try_from(*rem)
+                            .unwrap_or(usize::MAX)
+                            .min(self.rbuf.len());
+                        *rem -= n as u64;
+                        if *rem == 0 {
+                            self.body = BodyState::Done;
+                        }
+                        return Ok(Some(self.rbuf.split_to(n).freeze()));
+                    }
+                }
+                BodyState::Chunked(dec) => {
+                    match dec.decode(&mut self.rbuf).map_err(ClientError::Malformed)? {
+                        Chunk::Data(d) => return Ok(Some(d)),
+                        Chunk::Done => {
+                            self.body = BodyState::Done;
+                            return Ok(None);
+                        }
+                        Chunk::NeedMore => {}
+                    }
+                }
+                BodyState::UntilClose => {
+                    if !self.rbuf.is_empty() {
+                        let n = self.rbuf.len();
+                        return Ok(Some(self.rbuf.split_to(n).freeze()));
+                    }
+                }
+            }
+            let n = read_more(&mut self.io, &mut self.rbuf, READ_SPARE).await?;
+            if n == 0 {
+                if matches!(self.body, BodyState::UntilClose) {
+                    self.body = BodyState::Done;
+                    return Ok(None);
+                }
+                return Err(ClientError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+            }
+        }
+    }
+
+    /// Read the rest of the body, up to `max` bytes.
+    ///
+    /// # Errors
+    /// [`ClientError::BodyTooLarge`] past `max`, otherwise as [`read_chunk`].
+    ///
+    /// [`read_chunk`]: ClientConn::read_chunk
+    pub async fn read_to_end(&mut self, max: usize) -> Result<Bytes, ClientError> {
+        self.busy = true;
+        let res = self.rest_of_body(max).await;
+        if res.is_err() {
+            self.broken = true;
+        }
+        self.busy = false;
+        res
+    }
+
+    async fn rest_of_body(&mut self, max: usize) -> Result<Bytes, ClientError> {
+        if let BodyState::Length(rem) = self.body {
+            // Known length: read it into one contiguous buffer and split it off uncopied.
+            let n = usize::try_from(rem).map_err(|_| ClientError::BodyTooLarge)?;
+            if n > max {
+                return Err(ClientError::BodyTooLarge);
+            }
+            while self.rbuf.len() < n {
+                let missing = n - self.rbuf.len();
+                let read = read_more(&mut self.io, &mut self.rbuf, missing).await?;
+                if read == 0 {
+                    return Err(ClientError::Io(std::io::ErrorKind::UnexpectedEof.into()));
+                }
+            }
+            self.body = BodyState::Done;
+            return Ok(self.rbuf.split_to(n).freeze());
+        }
+        let mut first: Option<Bytes> = None;
+        let mut joined = BytesMut::new();
+        let mut total = 0usize;
+        while let Some(d) = self.next_piece().await? {
+            total += d.len();
+            if total > max {
+                return Err(ClientError::BodyTooLarge);
+            }
+            if let Some(f) = first.take() {
+                joined.extend_from_slice(&f);
+                joined.extend_from_slice(&d);
+            } else if joined.is_empty() {
+                first = Some(d);
+            } else {
+                joined.extend_from_slice(&d);
+            }
+        }
+        Ok(first.unwrap_or_else(|| joined.freeze()))
+    }
+}
+
+/// A reset or broken pipe before any response means the upstream closed the connection.
+fn closed_or_io(e: std::io::Error) -> ClientError {
+    match e.kind() {
+        std::io::ErrorKind::ConnectionReset
+        | std::io::ErrorKind::BrokenPipe
+        | std::io::ErrorKind::ConnectionAborted => ClientError::Closed,
+        _ => ClientError::Io(e),
+    }
+}

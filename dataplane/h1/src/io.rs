@@ -1,0 +1,46 @@
+//! Owned-buffer IO glue over monoio's rent traits: read into the spare capacity of a
+//! connection's `BytesMut`, and write a connection's reused `Vec<u8>` out in full.
+//!
+//! Both helpers move the buffer out of its slot for the duration of the call (monoio IO
+//! takes buffers by value). If the future is dropped mid-call the slot is left empty; the
+//! callers treat such a connection as poisoned and never reuse it.
+
+use bytes::BytesMut;
+use monoio::buf::IoBufMut;
+use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
+
+/// Write buffers larger than this are not kept between responses, so one big reply does
+/// not pin memory on an idle keep-alive connection.
+const MAX_RETAINED_WRITE_BUF: usize = 64 * 1024;
+
+/// Read once into the spare capacity of `buf` (after reserving at least `min_spare` bytes).
+/// Returns the number of bytes read; 0 means the peer closed its side.
+pub(crate) async fn read_more<S: AsyncReadRent>(
+    io: &mut S,
+    buf: &mut BytesMut,
+    min_spare: usize,
+) -> std::io::Result<usize> {
+    if buf.capacity() - buf.len() < min_spare {
+        buf.reserve(min_spare);
+    }
+    let owned = std::mem::take(buf);
+    let (start, end) = (owned.len(), owned.capacity());
+    let (res, slice) = io.read(owned.slice_mut(start..end)).await;
+    *buf = slice.into_inner();
+    res
+}
+
+/// Write all of `slot`, flush, and put the (cleared) buffer back.
+pub(crate) async fn write_buf<S: AsyncWriteRent>(
+    io: &mut S,
+    slot: &mut Vec<u8>,
+) -> std::io::Result<()> {
+    let owned = std::mem::take(slot);
+    let (res, mut owned) = io.write_all(owned).await;
+    owned.clear();
+    if owned.capacity() <= MAX_RETAINED_WRITE_BUF {
+        *slot = owned;
+    }
+    res?;
+    io.flush().await
+}
