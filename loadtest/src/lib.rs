@@ -1,1 +1,26 @@
-//! `meshgate-load`: load harness and mock upstream (placeholder: being written).
+//! `meshgate-load`: the MCP load harness and the fast mock upstream; also the test-support
+//! library other crates' integration tests use to get a real MCP upstream on loopback.
+//!
+//! Parts:
+//! - [`mock`]: the mock MCP Streamable HTTP server (both eras), startable in-process.
+//! - [`client`]: a lean HTTP/1.1 MCP client (one session per connection).
+//! - [`wire`]: HTTP/1.1 framing shared by both (heads, chunked, SSE).
+//! - [`sys`]: high-resolution timer, open-file limit, socket tuning.
+//!
+//! Example (a hub test):
+//! ```no_run
+//! use loadtest::mock::{MockConfig, MockServer, ServiceTime};
+//! let mock = MockServer::start(MockConfig {
+//!     service_time: ServiceTime::Fixed(std::time::Duration::from_millis(2)),
+//!     ..MockConfig::default()
+//! })?;
+//! let upstream_url = mock.url(); // http://127.0.0.1:PORT/mcp
+//! # let _ = upstream_url;
+//! mock.shutdown();
+//! # Ok::<(), std::io::Error>(())
+//! ```
+
+pub mod client;
+pub mod mock;
+pub mod sys;
+pub mod wire;

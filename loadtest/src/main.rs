@@ -1,0 +1,2 @@
+//! `meshgate-load` binary (placeholder while the driver is written).
+fn main() {}
