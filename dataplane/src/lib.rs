@@ -1,1 +1,54 @@
-//! meshgate dataplane (placeholder).
+//! meshgate dataplane: the hub that federates many MCP servers behind one Streamable HTTP
+//! endpoint, on monoio with one worker per core.
+//!
+//! The request path, one module per step (DESIGN.md §4):
+//! 1. [`server`] reads requests with the `h1` codec (limits, timeouts);
+//! 2. [`admit`] checks Origin/Host and media types;
+//! 3. [`mcp_wire::peek`] reads method, id, name/uri without decoding the body;
+//! 4. [`session`] finds the session (`initialize` creates it);
+//! 5. [`mcp`] answers what the hub owns and routes the rest, using [`federation`] for merged
+//!    lists and name/URI mapping;
+//! 6. [`hub`] opens upstream sessions and tracks upstream health;
+//! 7. [`upstream`] sends to the upstream over pooled connections and relays SSE.
+//!
+//! [`error::ProxyError`] is the one error type; [`metrics`] counts everything; [`config`] is
+//! the validated snapshot every worker reads; [`worker`] runs the threads.
+
+pub mod admit;
+pub mod config;
+pub mod error;
+pub mod federation;
+pub mod hub;
+pub mod mcp;
+pub mod metrics;
+pub mod server;
+pub mod session;
+pub mod upstream;
+pub mod worker;
+
+use std::sync::Arc;
+
+/// A running hub: its bound address and worker threads.
+pub struct Running {
+    /// The address the hub listens on (port 0 resolved).
+    pub addr: std::net::SocketAddr,
+    /// Shared state (sessions, health, metrics).
+    pub hub: Arc<hub::Hub>,
+    /// Worker thread handles.
+    pub workers: Vec<std::thread::JoinHandle<()>>,
+}
+
+/// Starts a hub from a validated snapshot: binds, starts housekeeping and the workers.
+///
+/// # Errors
+/// When the address cannot be bound or a thread cannot start.
+pub fn start(snap: config::Snapshot) -> std::io::Result<Running> {
+    let addr = worker::probe_bind(snap.listen)?;
+    let mut snap = snap;
+    snap.listen = addr;
+    let hub = hub::Hub::new(Arc::new(snap));
+    *hub.bound.lock() = Some(addr);
+    hub::spawn_housekeeping(hub.clone())?;
+    let workers = worker::start(hub.clone(), addr)?;
+    Ok(Running { addr, hub, workers })
+}

@@ -1,2 +1,98 @@
-//! `meshgate` binary.
-fn main() {}
+//! `meshgate`: the hub binary. Loads the config (a YAML file, or quick-start flags), starts one
+//! worker per core and prints the MCP endpoint.
+
+use std::path::PathBuf;
+
+use anyhow::Context;
+use clap::Parser;
+use dataplane::config::{HubConfig, Snapshot, UpstreamConfig};
+
+#[global_allocator]
+static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+
+/// meshgate hub: one MCP endpoint federating many MCP servers.
+#[derive(Parser, Debug)]
+#[command(version, about)]
+struct Cli {
+    /// YAML config file (see README "Configuration").
+    #[arg(long, short)]
+    config: Option<PathBuf>,
+    /// Listen address (overrides the file).
+    #[arg(long)]
+    listen: Option<String>,
+    /// An upstream MCP server, NAME=URL (repeatable; added to the file's).
+    #[arg(long = "upstream", value_name = "NAME=URL")]
+    upstreams: Vec<String>,
+    /// Name separator, or "none" (overrides the file).
+    #[arg(long)]
+    separator: Option<String>,
+    /// Worker threads, 0 = one per core (overrides the file).
+    #[arg(long)]
+    workers: Option<usize>,
+    /// IO driver: auto, iouring or legacy (overrides the file; env MESHGATE_DRIVER too).
+    #[arg(long, env = "MESHGATE_DRIVER")]
+    driver: Option<String>,
+    /// Validate the config, print it, and exit.
+    #[arg(long)]
+    check: bool,
+}
+
+fn main() -> anyhow::Result<()> {
+    tracing_subscriber::fmt()
+        .with_env_filter(
+            tracing_subscriber::EnvFilter::try_from_env("MESHGATE_LOG")
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+        )
+        .with_writer(std::io::stderr)
+        .init();
+    let cli = Cli::parse();
+    let mut cfg = match &cli.config {
+        Some(path) => {
+            let text = std::fs::read_to_string(path)
+                .with_context(|| format!("reading config {}", path.display()))?;
+            serde_yaml::from_str::<HubConfig>(&text)
+                .with_context(|| format!("invalid config {}", path.display()))?
+        }
+        None => HubConfig::empty(),
+    };
+    if let Some(l) = cli.listen {
+        cfg.listen = l;
+    }
+    if let Some(s) = cli.separator {
+        cfg.separator = s;
+    }
+    if let Some(n) = cli.workers {
+        cfg.workers = n;
+    }
+    if let Some(d) = cli.driver {
+        cfg.driver = d;
+    }
+    for u in &cli.upstreams {
+        let (name, url) = u
+            .split_once('=')
+            .with_context(|| format!("--upstream {u:?}: expected NAME=URL"))?;
+        cfg.upstreams.push(UpstreamConfig::quick(name, url));
+    }
+    let snap = Snapshot::from_config(&cfg).context("invalid config")?;
+    if cli.check {
+        println!("{snap:#?}");
+        return Ok(());
+    }
+    if snap.upstreams.is_empty() {
+        tracing::warn!("no upstreams configured: the hub will serve empty lists");
+    }
+    let running = dataplane::start(snap).context("starting the hub")?;
+    println!(
+        "meshgate listening on http://{}{}",
+        running.addr, running.hub.snap.endpoint
+    );
+    for (u, up) in running.hub.snap.upstreams.iter().enumerate() {
+        println!("  upstream {u}: {} -> {}", up.name, up.url);
+    }
+    use std::io::Write as _;
+    let _ = std::io::stdout().flush();
+    for h in running.workers {
+        let _ = h.join();
+    }
+    Ok(())
+}

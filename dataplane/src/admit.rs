@@ -1,0 +1,111 @@
+//! Admission: the cheap checks every MCP request passes before its body is looked at (step 2 of
+//! the request path). `Origin` must be a loopback origin or an allowed one (DNS-rebinding
+//! defence, 403); while the hub is bound to loopback, `Host` must name loopback or an allowed
+//! host (403). `Accept` and `Content-Type` are checked per method by the endpoint.
+
+use h1::RequestHead;
+
+use crate::config::Snapshot;
+use crate::error::{ErrorKind, ProxyError};
+
+fn host_part(authority: &str) -> &str {
+    let a = authority.trim();
+    if let Some(rest) = a.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or("");
+    }
+    a.rsplit_once(':').map_or(a, |(h, p)| {
+        if p.bytes().all(|b| b.is_ascii_digit()) {
+            h
+        } else {
+            a
+        }
+    })
+}
+
+fn is_loopback_name(h: &str) -> bool {
+    h.eq_ignore_ascii_case("localhost")
+        || h == "::1"
+        || h.parse::<std::net::Ipv4Addr>()
+            .is_ok_and(|ip| ip.is_loopback())
+}
+
+/// Checks `Origin` and `Host`.
+///
+/// # Errors
+/// `BadOrigin` / `BadHost` (403).
+pub fn check_origin_and_host(
+    snap: &Snapshot,
+    bound_loopback: bool,
+    head: &RequestHead,
+) -> Result<(), ProxyError> {
+    if let Some(origin) = head.headers.get_str("origin") {
+        let allowed = snap.allowed_origins.iter().any(|o| o == origin) || {
+            let rest = origin
+                .strip_prefix("http://")
+                .or_else(|| origin.strip_prefix("https://"));
+            rest.is_some_and(|r| is_loopback_name(host_part(r.split('/').next().unwrap_or(""))))
+        };
+        if !allowed && origin != "null" {
+            return Err(ProxyError::new(
+                ErrorKind::BadOrigin,
+                format!("Origin {origin:?} is not allowed"),
+            ));
+        }
+        if origin == "null" {
+            return Err(ProxyError::new(
+                ErrorKind::BadOrigin,
+                "Origin \"null\" is not allowed",
+            ));
+        }
+    }
+    if bound_loopback {
+        let host = head.headers.get_str("host").unwrap_or("");
+        let name = host_part(host);
+        let ok =
+            is_loopback_name(name) || snap.allowed_hosts.iter().any(|h| h == host || h == name);
+        if !ok {
+            return Err(ProxyError::new(
+                ErrorKind::BadHost,
+                format!("Host {host:?} is not allowed for a hub bound to loopback"),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Whether an `Accept` header value admits `mime` (`*/*` and `type/*` count).
+pub fn accepts(accept: &str, mime: &str) -> bool {
+    let major = mime.split('/').next().unwrap_or("");
+    accept.split(',').any(|part| {
+        let t = part.split(';').next().unwrap_or("").trim();
+        t.eq_ignore_ascii_case(mime)
+            || t == "*/*"
+            || t.strip_suffix("/*")
+                .is_some_and(|m| m.eq_ignore_ascii_case(major))
+    })
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn hosts() {
+        assert_eq!(host_part("localhost:8080"), "localhost");
+        assert_eq!(host_part("[::1]:80"), "::1");
+        assert_eq!(host_part("127.0.0.1"), "127.0.0.1");
+        assert!(is_loopback_name("127.0.0.5"));
+        assert!(!is_loopback_name("evil.example.com"));
+    }
+
+    #[test]
+    fn accept_header() {
+        assert!(accepts(
+            "application/json, text/event-stream",
+            "text/event-stream"
+        ));
+        assert!(accepts("application/json;q=0.9", "application/json"));
+        assert!(accepts("*/*", "application/json"));
+        assert!(!accepts("text/html", "application/json"));
+    }
+}

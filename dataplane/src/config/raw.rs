@@ -1,0 +1,238 @@
+//! The config file as written: serde structs with `deny_unknown_fields`, explicit defaults and
+//! human-readable durations (`250ms`, `10s`, `5m`, `1h`).
+//!
+//! Example (`hub.yaml`):
+//! ```yaml
+//! listen: 127.0.0.1:8080
+//! separator: "__"          # exposed names are <upstream>__<name>; "none" disables prefixing
+//! upstreams:
+//!   - name: everything
+//!     url: http://127.0.0.1:3001/mcp
+//! ```
+
+use std::time::Duration;
+
+use serde::{Deserialize, Deserializer};
+
+/// Top-level hub configuration file.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct HubConfig {
+    /// Address to listen on (`127.0.0.1:8080`).
+    #[serde(default = "default_listen")]
+    pub listen: String,
+    /// Worker threads; 0 = one per core.
+    #[serde(default)]
+    pub workers: usize,
+    /// IO driver: `auto` (io_uring when the kernel allows it, else epoll), `iouring`, `legacy`.
+    #[serde(default = "default_driver")]
+    pub driver: String,
+    /// Path of the MCP endpoint.
+    #[serde(default = "default_endpoint")]
+    pub endpoint: String,
+    /// Separator between upstream name and original name in exposed tool/prompt names;
+    /// `none` exposes original names (then names must not collide across upstreams).
+    #[serde(default = "default_separator")]
+    pub separator: String,
+    /// Items per page of the hub's merged lists.
+    #[serde(default = "default_page_size")]
+    pub list_page_size: usize,
+    /// Extra allowed `Origin` values (loopback origins are always allowed).
+    #[serde(default)]
+    pub allowed_origins: Vec<String>,
+    /// Extra allowed `Host` names (checked only when bound to loopback; loopback names are
+    /// always allowed).
+    #[serde(default)]
+    pub allowed_hosts: Vec<String>,
+    /// HTTP limits and timeouts facing clients.
+    #[serde(default)]
+    pub limits: LimitsConfig,
+    /// Session lifetime and resumability.
+    #[serde(default)]
+    pub session: SessionConfig,
+    /// Interval of keep-alive comments on idle SSE streams.
+    #[serde(default = "default_keepalive", deserialize_with = "duration")]
+    pub sse_keepalive: Duration,
+    /// The MCP servers this hub federates.
+    #[serde(default)]
+    pub upstreams: Vec<UpstreamConfig>,
+}
+
+/// Client-facing HTTP limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct LimitsConfig {
+    /// Largest request head (431 past it).
+    pub max_head_bytes: usize,
+    /// Most headers in a request (431 past it).
+    pub max_headers: usize,
+    /// Largest request body (413 past it).
+    pub max_body_bytes: usize,
+    /// Time to receive a whole head once it started (408 past it).
+    #[serde(deserialize_with = "duration")]
+    pub head_timeout: Duration,
+    /// Time to receive a whole body (408 past it).
+    #[serde(deserialize_with = "duration")]
+    pub body_timeout: Duration,
+    /// Keep-alive idle time between requests.
+    #[serde(deserialize_with = "duration")]
+    pub idle_timeout: Duration,
+}
+
+impl Default for LimitsConfig {
+    fn default() -> Self {
+        Self {
+            max_head_bytes: 16 * 1024,
+            max_headers: 64,
+            max_body_bytes: 4 * 1024 * 1024,
+            head_timeout: Duration::from_secs(10),
+            body_timeout: Duration::from_secs(30),
+            idle_timeout: Duration::from_secs(60),
+        }
+    }
+}
+
+/// Session settings.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct SessionConfig {
+    /// A session unused for this long is ended (and its upstream sessions deleted).
+    #[serde(deserialize_with = "duration")]
+    pub idle_ttl: Duration,
+    /// SSE events kept per stream for `Last-Event-ID` replay.
+    pub replay_events: usize,
+}
+
+impl Default for SessionConfig {
+    fn default() -> Self {
+        Self {
+            idle_ttl: Duration::from_secs(30 * 60),
+            replay_events: 256,
+        }
+    }
+}
+
+/// One federated MCP server (Streamable HTTP).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UpstreamConfig {
+    /// Name used in exposed names and error messages: `[A-Za-z0-9_.-]`, unique.
+    pub name: String,
+    /// Its MCP endpoint, `http://host:port/path`.
+    pub url: String,
+    /// TCP connect timeout.
+    #[serde(default = "default_connect_timeout", deserialize_with = "duration")]
+    pub connect_timeout: Duration,
+    /// Hard cap on one request, progress or not.
+    #[serde(default = "default_request_timeout", deserialize_with = "duration")]
+    pub request_timeout: Duration,
+    /// Active health-check interval.
+    #[serde(default = "default_health_interval", deserialize_with = "duration")]
+    pub health_interval: Duration,
+    /// Idle keep-alive connections kept per worker.
+    #[serde(default = "default_pool_size")]
+    pub pool_size: usize,
+}
+
+impl UpstreamConfig {
+    /// An upstream with default timeouts (the `--upstream NAME=URL` flag).
+    pub fn quick(name: &str, url: &str) -> Self {
+        Self {
+            name: name.to_string(),
+            url: url.to_string(),
+            connect_timeout: default_connect_timeout(),
+            request_timeout: default_request_timeout(),
+            health_interval: default_health_interval(),
+            pool_size: default_pool_size(),
+        }
+    }
+}
+
+impl HubConfig {
+    /// A config with every default and no upstreams (the quick-start flags fill it in).
+    pub fn empty() -> Self {
+        // An empty YAML mapping takes every default.
+        serde_yaml::from_str("{}").expect("the empty config deserializes from defaults")
+    }
+}
+
+fn default_listen() -> String {
+    "127.0.0.1:8080".into()
+}
+fn default_driver() -> String {
+    "auto".into()
+}
+fn default_endpoint() -> String {
+    "/mcp".into()
+}
+fn default_separator() -> String {
+    "__".into()
+}
+fn default_page_size() -> usize {
+    100
+}
+fn default_keepalive() -> Duration {
+    Duration::from_secs(15)
+}
+fn default_connect_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_request_timeout() -> Duration {
+    Duration::from_secs(300)
+}
+fn default_health_interval() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_pool_size() -> usize {
+    64
+}
+
+/// Parses `250ms`, `10s`, `5m`, `1h`, or a bare number of seconds.
+pub fn parse_duration(s: &str) -> Result<Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 250ms, 10s, 5m, 1h"))?;
+    let d = match unit.trim() {
+        "" | "s" => Duration::from_secs(n),
+        "ms" => Duration::from_millis(n),
+        "m" => Duration::from_secs(n * 60),
+        "h" => Duration::from_secs(n * 3600),
+        other => {
+            return Err(format!(
+                "invalid duration unit {other:?} in {s:?}: use ms, s, m or h"
+            ))
+        }
+    };
+    Ok(d)
+}
+
+fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
+    #[derive(Deserialize)]
+    #[serde(untagged)]
+    enum Raw {
+        N(u64),
+        S(String),
+    }
+    match Raw::deserialize(d)? {
+        Raw::N(n) => Ok(Duration::from_secs(n)),
+        Raw::S(s) => parse_duration(&s).map_err(serde::de::Error::custom),
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn durations() {
+        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
+        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
+        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
+        assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
+        assert!(parse_duration("5 parsecs").is_err());
+        assert!(parse_duration("ms").is_err());
+    }
+}

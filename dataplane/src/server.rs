@@ -1,0 +1,95 @@
+//! One client connection: read requests with the h1 codec, send each to its endpoint (MCP or an
+//! operational one), and render codec errors (413, 431, 408, 400) before closing. Step 1 of the
+//! request path.
+
+use std::rc::Rc;
+use std::sync::atomic::Ordering;
+
+use h1::{Method, ServerConn};
+use monoio::net::TcpStream;
+
+use crate::hub::Worker;
+
+/// Serves one accepted connection until it closes.
+pub async fn serve(w: Rc<Worker>, stream: TcpStream, bound_loopback: bool) {
+    let _ = stream.set_nodelay(true);
+    w.hub
+        .metrics
+        .open_connections
+        .fetch_add(1, Ordering::Relaxed);
+    let mut conn = ServerConn::new(stream, w.hub.snap.limits);
+    loop {
+        let req = match conn.next_request().await {
+            Ok(Some(r)) => r,
+            Ok(None) => break,
+            Err(e) => {
+                if let Some(status) = e.status() {
+                    tracing::debug!(status, error = %e, "bad request from client");
+                    let body = format!("{e}\n");
+                    let _ = conn
+                        .write_full(
+                            status,
+                            &[("Content-Type", b"text/plain")],
+                            body.as_bytes(),
+                            false,
+                        )
+                        .await;
+                }
+                break;
+            }
+        };
+        let path = req.head.path();
+        let keep = if path == w.hub.snap.endpoint.as_bytes() {
+            crate::mcp::handle(&w, &mut conn, req, bound_loopback).await
+        } else {
+            ops(&w, &mut conn, &req).await
+        };
+        if !keep {
+            break;
+        }
+    }
+    w.hub
+        .metrics
+        .open_connections
+        .fetch_sub(1, Ordering::Relaxed);
+}
+
+/// `/healthz` (the process serves), `/readyz` (some upstream is up, or none is configured),
+/// `/metrics` (Prometheus text); anything else is 404.
+async fn ops(w: &Worker, conn: &mut ServerConn<TcpStream>, req: &h1::Request) -> bool {
+    let keep = req.head.keep_alive;
+    let text: &[(&str, &[u8])] = &[("Content-Type", b"text/plain; charset=utf-8")];
+    if !matches!(req.head.method, Method::Get | Method::Head) {
+        return conn
+            .write_empty(405, &[("Allow", b"GET")], keep)
+            .await
+            .is_ok()
+            && keep;
+    }
+    let (status, body, headers): (u16, String, &[(&str, &[u8])]) = match req.head.path() {
+        b"/healthz" => (200, "ok\n".into(), text),
+        b"/readyz" => {
+            let n = w.hub.snap.upstreams.len();
+            if n == 0 || w.hub.up_mask() != 0 {
+                (200, "ready\n".into(), text)
+            } else {
+                (503, "no upstream is up\n".into(), text)
+            }
+        }
+        b"/metrics" => {
+            let names: Vec<&str> = w.hub.snap.upstreams.iter().map(|u| &*u.name).collect();
+            let up: Vec<bool> = (0..names.len()).map(|u| w.hub.is_up(u)).collect();
+            let body = w.hub.metrics.render(&names, &up, w.hub.sessions.len());
+            (200, body, &[("Content-Type", b"text/plain; version=0.0.4")])
+        }
+        _ => (
+            404,
+            "not found: the MCP endpoint is elsewhere\n".into(),
+            text,
+        ),
+    };
+    conn.write_full(status, headers, body.as_bytes(), keep)
+        .await
+        .is_ok()
+        && keep
+}

@@ -1,0 +1,345 @@
+//! Client sessions (legacy era): the state a `Mcp-Session-Id` stands for.
+//!
+//! Step 4 of the request path. A [`Session`] is created only by `initialize` and holds what the
+//! hub needs to continue it: negotiated version, the client's real capabilities and info, one
+//! upstream session per upstream (opened lazily), the log level and subscriptions to replay when
+//! an upstream session is re-created, pending server→client requests (hub-minted id → upstream
+//! and original id), the client requests in flight (for cancellation), cached upstream lists, and
+//! the replay buffers of its SSE streams.
+//!
+//! Sessions live in one process-wide table shared by the workers (a sharded `DashMap`), because
+//! a client may spread one session over several connections and each connection lands on any
+//! worker. Each session's mutable part sits behind a short `parking_lot::Mutex` that is never held
+//! across an `.await`.
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use dashmap::DashMap;
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use crate::federation::Lists;
+
+/// The session table.
+#[derive(Default)]
+pub struct SessionTable {
+    map: DashMap<Arc<str>, Arc<Session>>,
+}
+
+impl SessionTable {
+    /// Inserts a new session.
+    pub fn insert(&self, s: Arc<Session>) {
+        self.map.insert(s.id.clone(), s);
+    }
+    /// The live session with this id.
+    pub fn get(&self, id: &str) -> Option<Arc<Session>> {
+        let s = self.map.get(id).map(|e| e.value().clone())?;
+        s.touch();
+        Some(s)
+    }
+    /// Removes and returns a session (DELETE or expiry).
+    pub fn remove(&self, id: &str) -> Option<Arc<Session>> {
+        let (_, s) = self.map.remove(id)?;
+        s.close();
+        Some(s)
+    }
+    /// Number of live sessions.
+    pub fn len(&self) -> usize {
+        self.map.len()
+    }
+    /// Whether no session is live.
+    pub fn is_empty(&self) -> bool {
+        self.map.is_empty()
+    }
+    /// Removes sessions idle for longer than `ttl`; returns them so their upstream sessions can be
+    /// deleted.
+    pub fn expire(&self, ttl: Duration) -> Vec<Arc<Session>> {
+        let now = Instant::now();
+        let dead: Vec<Arc<str>> = self
+            .map
+            .iter()
+            .filter(|e| e.value().idle_for(now) > ttl)
+            .map(|e| e.key().clone())
+            .collect();
+        dead.iter().filter_map(|id| self.remove(id)).collect()
+    }
+    /// A snapshot of every live session.
+    pub fn all(&self) -> Vec<Arc<Session>> {
+        self.map.iter().map(|e| e.value().clone()).collect()
+    }
+}
+
+/// Mints a session id: 128 random bits as 32 lowercase hex chars (visible ASCII).
+pub fn mint_session_id() -> Arc<str> {
+    let mut b = [0u8; 16];
+    // The OS RNG failing is not recoverable for a server that must mint unguessable ids.
+    getrandom::fill(&mut b).expect("the OS random number generator is available");
+    let mut s = String::with_capacity(32);
+    for x in b {
+        s.push(char::from(b"0123456789abcdef"[usize::from(x >> 4)]));
+        s.push(char::from(b"0123456789abcdef"[usize::from(x & 15)]));
+    }
+    s.into()
+}
+
+/// One upstream's session, as opened for a client session.
+#[derive(Debug, Clone)]
+pub struct UpstreamSession {
+    /// The upstream's `Mcp-Session-Id`, if it uses sessions.
+    pub sid: Option<Arc<str>>,
+    /// The revision the upstream negotiated (sent as its `MCP-Protocol-Version`).
+    pub version: Arc<str>,
+    /// The upstream's declared capabilities (raw JSON object).
+    pub capabilities: Arc<serde_json::Value>,
+    /// Bumped each time this upstream session is (re)created.
+    pub generation: u64,
+}
+
+impl UpstreamSession {
+    /// Whether the upstream declared a top-level capability, e.g. `logging`.
+    pub fn has_capability(&self, name: &str) -> bool {
+        self.capabilities.get(name).is_some()
+    }
+}
+
+/// A server→client request waiting for the client's answer.
+#[derive(Debug, Clone)]
+pub struct PendingRequest {
+    /// The upstream that asked.
+    pub upstream: usize,
+    /// Its original id, as raw JSON.
+    pub original_id: Box<str>,
+    /// The upstream session generation it came from (an answer for a dead session is dropped).
+    pub generation: u64,
+}
+
+/// The mutable part of a session.
+#[derive(Default)]
+pub struct SessionState {
+    /// Upstream sessions by upstream index.
+    pub upstreams: Vec<Option<UpstreamSession>>,
+    /// Last `logging/setLevel` level, replayed on new upstream sessions.
+    pub log_level: Option<String>,
+    /// Resource subscriptions `(upstream, uri)`, replayed on new upstream sessions.
+    pub subscriptions: Vec<(usize, String)>,
+    /// Server→client requests by hub-minted id (raw JSON).
+    pub pending: HashMap<Box<str>, PendingRequest>,
+    /// Client requests in flight: client id (raw JSON) → upstream index.
+    pub inflight: HashMap<Box<str>, usize>,
+    /// Cached upstream lists.
+    pub lists: Lists,
+    /// Replay buffers of this session's SSE streams, by stream number.
+    pub streams: HashMap<u64, Arc<ReplayStream>>,
+    /// Whether a standalone GET stream is open.
+    pub get_stream_open: bool,
+}
+
+/// A client session.
+pub struct Session {
+    /// The hub-minted id.
+    pub id: Arc<str>,
+    /// Negotiated revision with the client.
+    pub version: &'static str,
+    /// The client's `capabilities` object, as sent (forwarded to upstreams unchanged).
+    pub client_capabilities: Box<serde_json::value::RawValue>,
+    /// The client's `clientInfo` object, as sent.
+    pub client_info: Box<serde_json::value::RawValue>,
+    created: Instant,
+    last_seen_ms: AtomicU64,
+    closed: AtomicBool,
+    /// Woken when the session closes, and when its set of upstream sessions changes.
+    pub changed: Notify,
+    next_stream: AtomicU64,
+    next_pending: AtomicU64,
+    /// Mutable state; never hold across `.await`.
+    pub state: Mutex<SessionState>,
+}
+
+impl Session {
+    /// A new session for a client that sent these capabilities and info.
+    pub fn new(
+        version: &'static str,
+        client_capabilities: Box<serde_json::value::RawValue>,
+        client_info: Box<serde_json::value::RawValue>,
+        upstreams: usize,
+    ) -> Arc<Self> {
+        let state = SessionState {
+            upstreams: vec![None; upstreams],
+            lists: Lists::new(upstreams),
+            ..SessionState::default()
+        };
+        Arc::new(Session {
+            id: mint_session_id(),
+            version,
+            client_capabilities,
+            client_info,
+            created: Instant::now(),
+            last_seen_ms: AtomicU64::new(0),
+            closed: AtomicBool::new(false),
+            changed: Notify::new(),
+            next_stream: AtomicU64::new(1),
+            next_pending: AtomicU64::new(1),
+            state: Mutex::new(state),
+        })
+    }
+
+    fn touch(&self) {
+        let ms = u64::try_from(self.created.elapsed().as_millis()).unwrap_or(u64::MAX);
+        self.last_seen_ms.store(ms, Ordering::Relaxed);
+    }
+
+    fn idle_for(&self, now: Instant) -> Duration {
+        let seen = self.created + Duration::from_millis(self.last_seen_ms.load(Ordering::Relaxed));
+        now.saturating_duration_since(seen)
+    }
+
+    /// Marks the session ended and wakes its streams.
+    pub fn close(&self) {
+        self.closed.store(true, Ordering::Release);
+        self.changed.notify_waiters();
+    }
+
+    /// Whether DELETE or expiry ended this session.
+    pub fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::Acquire)
+    }
+
+    /// Whether the client declared a top-level capability (`sampling`, `elicitation`, `roots`).
+    pub fn client_has(&self, capability: &str) -> bool {
+        serde_json::from_str::<HashMap<&str, &serde_json::value::RawValue>>(
+            self.client_capabilities.get(),
+        )
+        .is_ok_and(|m| m.contains_key(capability))
+    }
+
+    /// Opens a new replay stream and returns its number.
+    pub fn open_stream(&self, keep: usize) -> Arc<ReplayStream> {
+        let no = self.next_stream.fetch_add(1, Ordering::Relaxed);
+        let s = Arc::new(ReplayStream::new(no, keep));
+        let mut st = self.state.lock();
+        // Keep the newest streams only: a finished stream's events are worth keeping only until
+        // the client had a chance to resume it.
+        if st.streams.len() >= 32 {
+            if let Some(oldest) = st
+                .streams
+                .iter()
+                .filter(|(_, s)| s.is_done())
+                .map(|(k, _)| *k)
+                .min()
+            {
+                st.streams.remove(&oldest);
+            }
+        }
+        st.streams.insert(no, s.clone());
+        s
+    }
+
+    /// Mints an id for a server→client request and records where its answer must go.
+    pub fn mint_pending(&self, p: PendingRequest) -> Box<str> {
+        let n = self.next_pending.fetch_add(1, Ordering::Relaxed);
+        let id: Box<str> = format!("\"mg-{n}\"").into();
+        self.state.lock().pending.insert(id.clone(), p);
+        id
+    }
+}
+
+/// The events of one SSE stream, kept for `Last-Event-ID` replay (bounded).
+pub struct ReplayStream {
+    /// Stream number, unique in the session; event ids are `<stream>_<seq>`.
+    pub no: u64,
+    keep: usize,
+    next_seq: AtomicU64,
+    inner: Mutex<VecDeque<(u64, Bytes)>>,
+    done: AtomicBool,
+    /// Woken on every new event and at the end.
+    pub notify: Notify,
+}
+
+impl ReplayStream {
+    fn new(no: u64, keep: usize) -> Self {
+        Self {
+            no,
+            keep,
+            next_seq: AtomicU64::new(1),
+            inner: Mutex::new(VecDeque::new()),
+            done: AtomicBool::new(false),
+            notify: Notify::new(),
+        }
+    }
+
+    /// The next event id for this stream (and reserves it).
+    pub fn next_id(&self) -> (u64, String) {
+        let seq = self.next_seq.fetch_add(1, Ordering::Relaxed);
+        (seq, format!("{}_{}", self.no, seq))
+    }
+
+    /// Records an encoded event frame.
+    pub fn push(&self, seq: u64, frame: Bytes) {
+        let mut q = self.inner.lock();
+        if q.len() >= self.keep {
+            q.pop_front();
+        }
+        q.push_back((seq, frame));
+        drop(q);
+        self.notify.notify_waiters();
+    }
+
+    /// Marks the stream complete.
+    pub fn finish(&self) {
+        self.done.store(true, Ordering::Release);
+        self.notify.notify_waiters();
+    }
+
+    /// Whether the stream has ended.
+    pub fn is_done(&self) -> bool {
+        self.done.load(Ordering::Acquire)
+    }
+
+    /// Frames after `seq`, oldest first.
+    pub fn after(&self, seq: u64) -> Vec<(u64, Bytes)> {
+        self.inner
+            .lock()
+            .iter()
+            .filter(|(s, _)| *s > seq)
+            .cloned()
+            .collect()
+    }
+}
+
+/// Parses a hub event id `<stream>_<seq>`.
+pub fn parse_event_id(s: &str) -> Option<(u64, u64)> {
+    let (a, b) = s.trim().split_once('_')?;
+    Some((a.parse().ok()?, b.parse().ok()?))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn session_ids_are_random_visible_ascii() {
+        let a = mint_session_id();
+        let b = mint_session_id();
+        assert_ne!(a, b);
+        assert_eq!(a.len(), 32);
+        assert!(a.bytes().all(|c| (0x21..=0x7e).contains(&c)));
+    }
+
+    #[test]
+    fn replay_is_bounded_and_ordered() {
+        let s = ReplayStream::new(3, 2);
+        for _ in 0..3 {
+            let (seq, id) = s.next_id();
+            s.push(seq, Bytes::from(id));
+        }
+        let after: Vec<_> = s.after(0).into_iter().map(|(q, _)| q).collect();
+        assert_eq!(after, vec![2, 3]);
+        assert_eq!(s.after(2).len(), 1);
+        assert_eq!(parse_event_id("3_2"), Some((3, 2)));
+        assert_eq!(parse_event_id("x"), None);
+    }
+}

@@ -1,0 +1,397 @@
+//! Upstream connections: per-worker keep-alive pools and the requests the hub sends to MCP
+//! servers. Steps 8–9 (`upstream`, `forward`) of the request path.
+//!
+//! A [`Pool`] belongs to one worker (no locks: `RefCell`). [`post`] sends one JSON-RPC message
+//! and classifies the answer: a JSON body (read whole), an SSE stream (handed back with its
+//! connection for the caller to pump), or a bare status. A pooled connection that turns out to be
+//! stale (closed by the upstream while idle) is retried once on a fresh connection; nothing else
+//! is retried here. Every call is bounded by the upstream's connect and request timeouts.
+//!
+//! SSE bodies are read by a small local task ([`spawn_reader`]) that feeds decoded events into a
+//! channel, so the forwarding loop can wait for "next event or keep-alive tick" without ever
+//! cancelling a socket read halfway (which would lose bytes of the stream).
+
+use std::cell::RefCell;
+use std::time::Duration;
+
+use bytes::Bytes;
+use h1::{BodyKind, ClientConn, ClientError, ResponseHead, SseDecoder, SseEvent};
+use tokio::sync::mpsc;
+
+use crate::config::Upstream;
+use crate::session::UpstreamSession;
+
+/// Largest JSON body accepted from an upstream.
+pub const MAX_UPSTREAM_BODY: usize = 16 * 1024 * 1024;
+
+/// Why an upstream exchange failed.
+#[derive(Debug, thiserror::Error)]
+pub enum UpstreamError {
+    /// TCP connect failed or timed out.
+    #[error("cannot connect: {0}")]
+    Connect(String),
+    /// No (complete) answer within the request timeout.
+    #[error("no answer within {0:?}")]
+    Timeout(Duration),
+    /// The connection broke mid-exchange.
+    #[error("connection failed: {0}")]
+    Io(String),
+    /// The upstream does not know our session id any more (HTTP 404).
+    #[error("the upstream no longer knows our session")]
+    SessionGone,
+    /// An HTTP status the hub cannot use.
+    #[error("HTTP status {0}: {1}")]
+    Status(u16, String),
+    /// The answer is not MCP.
+    #[error("not an MCP answer: {0}")]
+    Protocol(String),
+}
+
+impl UpstreamError {
+    /// Whether this failure means the upstream itself is unreachable (for passive health).
+    pub fn is_unreachable(&self) -> bool {
+        matches!(self, UpstreamError::Connect(_))
+    }
+}
+
+impl From<ClientError> for UpstreamError {
+    fn from(e: ClientError) -> Self {
+        match e {
+            ClientError::Io(e) => UpstreamError::Io(e.to_string()),
+            ClientError::Closed => UpstreamError::Io("closed by the upstream".into()),
+            other => UpstreamError::Protocol(other.to_string()),
+        }
+    }
+}
+
+/// One worker's idle upstream connections, per upstream index.
+pub struct Pool {
+    idle: RefCell<Vec<Vec<ClientConn>>>,
+}
+
+impl Pool {
+    /// An empty pool for `n` upstreams.
+    pub fn new(n: usize) -> Self {
+        Self {
+            idle: RefCell::new((0..n).map(|_| Vec::new()).collect()),
+        }
+    }
+
+    fn take(&self, up: &Upstream) -> Option<ClientConn> {
+        self.idle.borrow_mut().get_mut(up.index)?.pop()
+    }
+
+    /// Returns a connection after use; kept only if reusable and the pool has room.
+    pub fn put(&self, up: &Upstream, conn: ClientConn) {
+        if !conn.is_reusable() {
+            return;
+        }
+        let mut idle = self.idle.borrow_mut();
+        if let Some(v) = idle.get_mut(up.index) {
+            if v.len() < up.pool_size {
+                v.push(conn);
+            }
+        }
+    }
+
+    /// Idle connections held for an upstream (metrics, tests).
+    pub fn idle_count(&self, index: usize) -> usize {
+        self.idle.borrow().get(index).map_or(0, Vec::len)
+    }
+}
+
+async fn connect(up: &Upstream) -> Result<ClientConn, UpstreamError> {
+    match monoio::time::timeout(up.connect_timeout, ClientConn::connect(up.addr)).await {
+        Ok(Ok(c)) => Ok(c),
+        Ok(Err(e)) => Err(UpstreamError::Connect(format!("{} ({})", e, up.addr))),
+        Err(_) => Err(UpstreamError::Connect(format!(
+            "connect to {} timed out after {:?}",
+            up.addr, up.connect_timeout
+        ))),
+    }
+}
+
+/// What an upstream answered to a POST.
+pub enum Reply {
+    /// A whole JSON body.
+    Json {
+        /// HTTP status (200).
+        status: u16,
+        /// The upstream's `Mcp-Session-Id`, if it sent one.
+        session_id: Option<String>,
+        /// The body.
+        body: Bytes,
+    },
+    /// An SSE stream, to be read from `conn`.
+    Stream {
+        /// The upstream's `Mcp-Session-Id`, if it sent one.
+        session_id: Option<String>,
+        /// The connection, positioned at the start of the body.
+        conn: ClientConn,
+    },
+    /// A status without a usable body (202 for notifications and responses).
+    Status(u16),
+}
+
+fn header_list<'a>(
+    us: Option<&'a UpstreamSession>,
+    accept: &'a [u8],
+    extra: Option<(&'a str, &'a [u8])>,
+) -> ([(&'a str, &'a [u8]); 5], usize) {
+    let mut h: [(&str, &[u8]); 5] = [("", b""); 5];
+    let mut n = 0;
+    h[n] = ("Accept", accept);
+    n += 1;
+    h[n] = ("Content-Type", b"application/json");
+    n += 1;
+    if let Some(us) = us {
+        if let Some(sid) = &us.sid {
+            h[n] = ("Mcp-Session-Id", sid.as_bytes());
+            n += 1;
+        }
+        h[n] = ("MCP-Protocol-Version", us.version.as_bytes());
+        n += 1;
+    }
+    if let Some(e) = extra {
+        h[n] = e;
+        n += 1;
+    }
+    (h, n)
+}
+
+const ACCEPT_BOTH: &[u8] = b"application/json, text/event-stream";
+
+async fn exchange(
+    pool: &Pool,
+    up: &Upstream,
+    method: &str,
+    headers: &[(&str, &[u8])],
+    body: &[u8],
+) -> Result<(ResponseHead, ClientConn), UpstreamError> {
+    // A pooled connection may have been closed by the upstream while idle; that shows up as a
+    // failure before any response byte, and is retried once on a fresh connection.
+    if let Some(mut conn) = pool.take(up) {
+        match conn.send(method, &up.path, &up.host, headers, body).await {
+            Ok(head) => return Ok((head, conn)),
+            Err(ClientError::Closed) | Err(ClientError::Io(_)) => {}
+            Err(e) => return Err(e.into()),
+        }
+    }
+    let mut conn = connect(up).await?;
+    let head = conn.send(method, &up.path, &up.host, headers, body).await?;
+    Ok((head, conn))
+}
+
+fn content_type_is(head: &ResponseHead, ct: &str) -> bool {
+    head.headers
+        .get_str("content-type")
+        .is_some_and(|v| v.to_ascii_lowercase().starts_with(ct))
+}
+
+/// POSTs one JSON-RPC message to the upstream (within its request timeout for the head and any
+/// JSON body; an SSE body is the caller's to bound).
+///
+/// # Errors
+/// [`UpstreamError`]; HTTP 404 with a session id is [`UpstreamError::SessionGone`].
+pub async fn post(
+    pool: &Pool,
+    up: &Upstream,
+    us: Option<&UpstreamSession>,
+    body: &[u8],
+) -> Result<Reply, UpstreamError> {
+    let fut = async {
+        let (h, n) = header_list(us, ACCEPT_BOTH, None);
+        let (head, mut conn) = exchange(pool, up, "POST", &h[..n], body).await?;
+        let session_id = head.headers.get_str("mcp-session-id").map(str::to_string);
+        if head.status == 404 && us.is_some_and(|u| u.sid.is_some()) {
+            return Err(UpstreamError::SessionGone);
+        }
+        if head.status == 202 || head.status == 204 {
+            if !matches!(head.body, BodyKind::Empty) {
+                let _ = conn.read_to_end(MAX_UPSTREAM_BODY).await;
+            }
+            pool.put(up, conn);
+            return Ok(Reply::Status(head.status));
+        }
+        if head.status == 200 && content_type_is(&head, "text/event-stream") {
+            return Ok(Reply::Stream { session_id, conn });
+        }
+        let body = conn.read_to_end(MAX_UPSTREAM_BODY).await?;
+        pool.put(up, conn);
+        if head.status == 200 && content_type_is(&head, "application/json") {
+            return Ok(Reply::Json {
+                status: head.status,
+                session_id,
+                body,
+            });
+        }
+        if head.status == 200 {
+            return Err(UpstreamError::Protocol(format!(
+                "unexpected content type {:?}",
+                head.headers.get_str("content-type").unwrap_or("")
+            )));
+        }
+        let snippet = String::from_utf8_lossy(&body[..body.len().min(200)]).into_owned();
+        Err(UpstreamError::Status(head.status, snippet))
+    };
+    match monoio::time::timeout(up.request_timeout, fut).await {
+        Ok(r) => r,
+        Err(_) => Err(UpstreamError::Timeout(up.request_timeout)),
+    }
+}
+
+/// Opens a GET stream on the upstream session (`Last-Event-ID` to resume one).
+/// `Ok(None)` when the upstream does not offer one (405).
+///
+/// # Errors
+/// [`UpstreamError`].
+pub async fn get_stream(
+    pool: &Pool,
+    up: &Upstream,
+    us: &UpstreamSession,
+    last_event_id: Option<&str>,
+) -> Result<Option<ClientConn>, UpstreamError> {
+    let fut = async {
+        let extra = last_event_id.map(|id| ("Last-Event-ID", id.as_bytes()));
+        let (h, n) = header_list(Some(us), b"text/event-stream", extra);
+        // Content-Type on a GET without body is harmless but odd; skip it.
+        let hs: Vec<(&str, &[u8])> = h[..n]
+            .iter()
+            .copied()
+            .filter(|(k, _)| *k != "Content-Type")
+            .collect();
+        let (head, mut conn) = exchange(pool, up, "GET", &hs, b"").await?;
+        match head.status {
+            200 if content_type_is(&head, "text/event-stream") => Ok(Some(conn)),
+            404 => Err(UpstreamError::SessionGone),
+            405 => {
+                let _ = conn.read_to_end(64 * 1024).await;
+                pool.put(up, conn);
+                Ok(None)
+            }
+            s => Err(UpstreamError::Status(s, "GET stream refused".into())),
+        }
+    };
+    match monoio::time::timeout(up.request_timeout.min(Duration::from_secs(30)), fut).await {
+        Ok(r) => r,
+        Err(_) => Err(UpstreamError::Timeout(up.request_timeout)),
+    }
+}
+
+/// DELETEs an upstream session (best effort; 405 is fine).
+pub async fn delete(pool: &Pool, up: &Upstream, us: &UpstreamSession) {
+    if us.sid.is_none() {
+        return;
+    }
+    let fut = async {
+        let (h, n) = header_list(Some(us), ACCEPT_BOTH, None);
+        let hs: Vec<(&str, &[u8])> = h[..n]
+            .iter()
+            .copied()
+            .filter(|(k, _)| *k != "Content-Type")
+            .collect();
+        let (_head, mut conn) = exchange(pool, up, "DELETE", &hs, b"").await?;
+        let _ = conn.read_to_end(64 * 1024).await;
+        pool.put(up, conn);
+        Ok::<(), UpstreamError>(())
+    };
+    if let Ok(Err(e)) = monoio::time::timeout(Duration::from_secs(5), fut).await {
+        tracing::debug!(upstream = %up.name, error = %e, "upstream session DELETE failed");
+    }
+}
+
+/// POSTs a request and waits for its JSON-RPC response, whether the upstream answers with JSON
+/// or SSE (other events on the stream are dropped: used for the hub's own requests).
+///
+/// # Errors
+/// [`UpstreamError`].
+pub async fn request(
+    pool: &Pool,
+    up: &Upstream,
+    us: Option<&UpstreamSession>,
+    body: &[u8],
+) -> Result<(Bytes, Option<String>), UpstreamError> {
+    match post(pool, up, us, body).await? {
+        Reply::Json {
+            body, session_id, ..
+        } => Ok((body, session_id)),
+        Reply::Status(s) => Err(UpstreamError::Status(s, "no response body".into())),
+        Reply::Stream {
+            session_id,
+            mut conn,
+        } => {
+            let fut = async {
+                let mut dec = SseDecoder::new();
+                while let Some(chunk) = conn.read_chunk().await? {
+                    dec.push(&chunk);
+                    while let Some(ev) = dec.next_event() {
+                        if !ev.has_data || ev.data.is_empty() {
+                            continue;
+                        }
+                        if let Ok(p) = mcp_wire::peek(ev.data.as_bytes()) {
+                            if p.kind == mcp_wire::Kind::Response {
+                                return Ok(Bytes::from(ev.data.into_bytes()));
+                            }
+                        }
+                    }
+                }
+                Err(UpstreamError::Protocol(
+                    "SSE stream ended without a response".into(),
+                ))
+            };
+            let body = match monoio::time::timeout(up.request_timeout, fut).await {
+                Ok(r) => r?,
+                Err(_) => return Err(UpstreamError::Timeout(up.request_timeout)),
+            };
+            // The rest of the stream is not read, so the connection cannot be reused.
+            drop(conn);
+            Ok((body, session_id))
+        }
+    }
+}
+
+/// A message from a stream reader task.
+pub enum ReaderMsg {
+    /// One decoded SSE event.
+    Event(SseEvent),
+    /// The stream ended normally; the connection is handed back for the pool.
+    End(ClientConn),
+    /// The stream broke.
+    Failed(UpstreamError),
+}
+
+/// Spawns a local task that reads an SSE body from `conn` and sends its events, tagged with
+/// `tag`, into `tx`. The task stops when the stream ends or when every receiver is gone.
+pub fn spawn_reader<T: Copy + 'static>(
+    mut conn: ClientConn,
+    tag: T,
+    tx: mpsc::Sender<(T, ReaderMsg)>,
+) {
+    monoio::spawn(async move {
+        let mut dec = SseDecoder::new();
+        loop {
+            let chunk = monoio::select! {
+                r = conn.read_chunk() => r,
+                _ = tx.closed() => return,
+            };
+            match chunk {
+                Ok(Some(bytes)) => {
+                    dec.push(&bytes);
+                    while let Some(ev) = dec.next_event() {
+                        if tx.send((tag, ReaderMsg::Event(ev))).await.is_err() {
+                            return;
+                        }
+                    }
+                }
+                Ok(None) => {
+                    let _ = tx.send((tag, ReaderMsg::End(conn))).await;
+                    return;
+                }
+                Err(e) => {
+                    let _ = tx.send((tag, ReaderMsg::Failed(e.into()))).await;
+                    return;
+                }
+            }
+        }
+    });
+}
