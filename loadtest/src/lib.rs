@@ -6,6 +6,9 @@
 //! - [`client`]: a lean HTTP/1.1 MCP client (one session per connection).
 //! - [`wire`]: HTTP/1.1 framing shared by both (heads, chunked, SSE).
 //! - [`sys`]: high-resolution timer, open-file limit, socket tuning.
+//! - [`driver`]: scenarios, open/closed loop, `--compare` interleaving.
+//! - [`stats`]: HDR histograms and summaries; [`report`]: table, JSON, SVG.
+//! - [`scenario`]: TOML scenario files; [`suite`]: the standard matrix.
 //!
 //! Example (a hub test):
 //! ```no_run
@@ -21,6 +24,11 @@
 //! ```
 
 pub mod client;
+pub mod driver;
 pub mod mock;
+pub mod report;
+pub mod scenario;
+pub mod stats;
+pub mod suite;
 pub mod sys;
 pub mod wire;
