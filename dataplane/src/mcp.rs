@@ -248,19 +248,45 @@ async fn batch(w: &Rc<Worker>, conn: &mut Conn, req: &Request, keep: bool) -> bo
         );
         return reply_error(conn, &e, keep).await;
     }
-    let items = match mcp_wire::peek_batch(&req.body) {
-        Ok(i) => i,
+    // Each element is peeked within its own slice of the body (zero-copy), so every span the
+    // peek reports is relative to the bytes that get forwarded.
+    let elements: Vec<Bytes> = match serde_json::from_slice::<Vec<&RawValue>>(&req.body) {
+        Ok(v) if !v.is_empty() => v
+            .iter()
+            .map(|r| req.body.slice_ref(r.get().as_bytes()))
+            .collect(),
+        Ok(_) => {
+            let e = ProxyError::new(ErrorKind::InvalidRequest, "empty batch");
+            return reply_error(conn, &e, keep).await;
+        }
         Err(e) => {
-            let kind = if e.code() == mcp_wire::jsonrpc::code::PARSE_ERROR {
-                ErrorKind::Parse
-            } else {
+            let kind = if e.is_data() {
                 ErrorKind::InvalidRequest
+            } else {
+                ErrorKind::Parse
             };
-            return reply_error(conn, &ProxyError::new(kind, e.to_string()), keep).await;
+            return reply_error(
+                conn,
+                &ProxyError::new(kind, format!("bad batch: {e}")),
+                keep,
+            )
+            .await;
         }
     };
     let mut answers: Vec<Bytes> = Vec::new();
-    for p in &items {
+    for raw in &elements {
+        let p = match mcp_wire::peek(raw) {
+            Ok(p) => p,
+            Err(e) => {
+                let kind = if e.code() == mcp_wire::jsonrpc::code::PARSE_ERROR {
+                    ErrorKind::Parse
+                } else {
+                    ErrorKind::InvalidRequest
+                };
+                answers.extend(ProxyError::new(kind, e.to_string()).body().map(Bytes::from));
+                continue;
+            }
+        };
         if p.method.as_deref() == Some(method::INITIALIZE) {
             let e = ProxyError::new(
                 ErrorKind::InvalidRequest,
@@ -270,9 +296,7 @@ async fn batch(w: &Rc<Worker>, conn: &mut Conn, req: &Request, keep: bool) -> bo
             answers.extend(e.body().map(Bytes::from));
             continue;
         }
-        // Each element's raw bytes: re-serialize only the element (it is a slice of the body).
-        let raw = element_bytes(&req.body, p);
-        let (_, outcome) = dispatch(w, &session, p, &raw).await;
+        let (_, outcome) = dispatch(w, &session, &p, raw).await;
         match outcome {
             Ok(Outcome::Json(j)) => answers.push(j),
             Ok(Outcome::Accepted) => {}
@@ -294,28 +318,6 @@ async fn batch(w: &Rc<Worker>, conn: &mut Conn, req: &Request, keep: bool) -> bo
     }
     out.push(b']');
     conn.write_full(200, &[JSON], &out, keep).await.is_ok() && keep
-}
-
-/// The bytes of one batch element. Peeked fields borrow from the whole body, so the element is
-/// rebuilt from its parts only when it must be forwarded.
-fn element_bytes(body: &Bytes, p: &Peeked<'_>) -> Bytes {
-    let mut out = Vec::with_capacity(128);
-    out.extend_from_slice(b"{\"jsonrpc\":\"2.0\"");
-    if let Some(id) = p.id {
-        out.extend_from_slice(b",\"id\":");
-        out.extend_from_slice(id.as_bytes());
-    }
-    if let Some(m) = &p.method {
-        out.extend_from_slice(b",\"method\":");
-        mcp_wire::jsonrpc::push_json_str(&mut out, m);
-    }
-    if let Some(params) = p.params {
-        out.extend_from_slice(b",\"params\":");
-        out.extend_from_slice(params.as_bytes());
-    }
-    out.push(b'}');
-    let _ = body;
-    Bytes::from(out)
 }
 
 #[derive(Deserialize)]

@@ -98,12 +98,42 @@ async fn run(hub: Arc<Hub>, index: usize, std_listener: std::net::TcpListener) {
         match listener.accept().await {
             Ok((stream, _peer)) => {
                 let w = w.clone();
-                monoio::spawn(crate::server::serve(w, stream, bound_loopback));
+                monoio::spawn(CatchUnwind(Box::pin(crate::server::serve(
+                    w,
+                    stream,
+                    bound_loopback,
+                ))));
             }
             Err(e) => {
                 // EMFILE and friends: back off briefly instead of spinning.
                 tracing::warn!(worker = index, error = %e, "accept failed");
                 monoio::time::sleep(std::time::Duration::from_millis(50)).await;
+            }
+        }
+    }
+}
+
+/// Runs a connection's future and contains a panic inside it: the connection is dropped and
+/// logged, while the worker thread (and every other connection on it) keeps serving.
+struct CatchUnwind<F>(std::pin::Pin<Box<F>>);
+
+impl<F: std::future::Future<Output = ()>> std::future::Future for CatchUnwind<F> {
+    type Output = ();
+    fn poll(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<()> {
+        let inner = self.0.as_mut();
+        match std::panic::catch_unwind(std::panic::AssertUnwindSafe(|| inner.poll(cx))) {
+            Ok(p) => p,
+            Err(panic) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| s.to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_default();
+                tracing::error!(panic = %what, "a connection task panicked; the connection was dropped (this is a bug)");
+                std::task::Poll::Ready(())
             }
         }
     }
