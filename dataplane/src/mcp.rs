@@ -1188,17 +1188,13 @@ async fn get(w: &Rc<Worker>, conn: &mut Conn, req: &Request) -> bool {
             return resume(w, conn, &session, stream, seq).await;
         }
     }
-    {
-        let mut st = session.state.lock();
-        if st.get_stream_open {
-            drop(st);
-            let e = ProxyError::new(
-                ErrorKind::StreamConflict,
-                "this session already has a GET stream open",
-            );
-            return reply_error(conn, &e, keep).await;
-        }
-        st.get_stream_open = true;
+    let already_open = std::mem::replace(&mut session.state.lock().get_stream_open, true);
+    if already_open {
+        let e = ProxyError::new(
+            ErrorKind::StreamConflict,
+            "this session already has a GET stream open",
+        );
+        return reply_error(conn, &e, keep).await;
     }
     standalone_stream(w, conn, &session).await;
     session.state.lock().get_stream_open = false;
@@ -1254,13 +1250,12 @@ async fn standalone_stream(w: &Rc<Worker>, conn: &mut Conn, session: &Arc<Sessio
             _ = monoio::time::sleep(tick) => None,
         };
         match msg {
-            Some((u, ReaderMsg::Event(ev))) => {
-                if ev.has_data && !ev.data.is_empty() {
-                    let generation = attached[u].unwrap_or(0);
-                    let (data, _) = relay_message(session, u, generation, &ev.data, None);
-                    em.emit(&data).await;
-                }
+            Some((u, ReaderMsg::Event(ev))) if ev.has_data && !ev.data.is_empty() => {
+                let generation = attached[u].unwrap_or(0);
+                let (data, _) = relay_message(session, u, generation, &ev.data, None);
+                em.emit(&data).await;
             }
+            Some((_, ReaderMsg::Event(_))) => {}
             Some((u, ReaderMsg::End(_))) | Some((u, ReaderMsg::Failed(_))) => {
                 attached[u] = None;
                 retry_at[u] = Instant::now() + Duration::from_secs(1);
