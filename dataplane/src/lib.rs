@@ -16,6 +16,7 @@
 
 pub mod admit;
 pub mod config;
+pub mod demo;
 pub mod error;
 pub mod federation;
 pub mod hub;

@@ -32,6 +32,9 @@ struct Cli {
     /// IO driver: auto, iouring or legacy (overrides the file; env MESHGATE_DRIVER too).
     #[arg(long, env = "MESHGATE_DRIVER")]
     driver: Option<String>,
+    /// Also start the two bundled example MCP servers (clock, notes) and federate them.
+    #[arg(long)]
+    demo: bool,
     /// Validate the config, print it, and exit.
     #[arg(long)]
     check: bool,
@@ -72,6 +75,20 @@ fn main() -> anyhow::Result<()> {
             .split_once('=')
             .with_context(|| format!("--upstream {u:?}: expected NAME=URL"))?;
         cfg.upstreams.push(UpstreamConfig::quick(name, url));
+    }
+    if cli.demo {
+        for ex in [
+            dataplane::demo::Example::Clock,
+            dataplane::demo::Example::Notes,
+        ] {
+            let url = dataplane::demo::start(ex).context("starting a demo server")?;
+            let name = if ex == dataplane::demo::Example::Clock {
+                "clock"
+            } else {
+                "notes"
+            };
+            cfg.upstreams.push(UpstreamConfig::quick(name, &url));
+        }
     }
     let snap = Snapshot::from_config(&cfg).context("invalid config")?;
     if cli.check {

@@ -4,7 +4,6 @@
 // Tests drive the hub from plain threads, not monoio workers, so blocking sleeps are fine here.
 #![allow(clippy::disallowed_methods)]
 
-
 mod support;
 
 use std::io::{Read, Write};

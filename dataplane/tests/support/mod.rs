@@ -299,11 +299,29 @@ fn dechunk_partial(mut b: &[u8]) -> Vec<u8> {
     out
 }
 
+/// Anything with a hub address: a [`Hub`] this harness started, or a bare address.
+pub trait Target {
+    /// The hub's address.
+    fn addr(&self) -> SocketAddr;
+}
+
+impl Target for Hub {
+    fn addr(&self) -> SocketAddr {
+        self.addr
+    }
+}
+
+impl Target for SocketAddr {
+    fn addr(&self) -> SocketAddr {
+        *self
+    }
+}
+
 /// POSTs a JSON-RPC body to the hub's MCP endpoint with the usual headers plus `extra`.
-pub fn post(hub: &Hub, sid: Option<&str>, body: &str, extra: &[(&str, &str)]) -> Resp {
+pub fn post(hub: &impl Target, sid: Option<&str>, body: &str, extra: &[(&str, &str)]) -> Resp {
     let mut req = format!(
         "POST /mcp HTTP/1.1\r\nHost: {}\r\nConnection: close\r\nContent-Length: {}\r\n",
-        hub.addr,
+        hub.addr(),
         body.len()
     );
     let has = |k: &str| extra.iter().any(|(a, _)| a.eq_ignore_ascii_case(k));
@@ -321,11 +339,11 @@ pub fn post(hub: &Hub, sid: Option<&str>, body: &str, extra: &[(&str, &str)]) ->
     }
     req.push_str("\r\n");
     req.push_str(body);
-    raw(hub.addr, req.as_bytes(), Duration::from_secs(20)).expect("hub answers")
+    raw(hub.addr(), req.as_bytes(), Duration::from_secs(20)).expect("hub answers")
 }
 
 /// Initializes a session at `version`; returns its id.
-pub fn initialize(hub: &Hub, version: &str) -> String {
+pub fn initialize(hub: &impl Target, version: &str) -> String {
     let body = format!(
         r#"{{"jsonrpc":"2.0","id":1,"method":"initialize","params":{{"protocolVersion":"{version}","capabilities":{{}},"clientInfo":{{"name":"rust-test","version":"1"}}}}}}"#
     );
@@ -346,7 +364,7 @@ pub fn initialize(hub: &Hub, version: &str) -> String {
 }
 
 /// Calls a tool and returns the final JSON-RPC message.
-pub fn call_tool(hub: &Hub, sid: &str, name: &str, args: &str) -> serde_json::Value {
+pub fn call_tool(hub: &impl Target, sid: &str, name: &str, args: &str) -> serde_json::Value {
     let body = format!(
         r#"{{"jsonrpc":"2.0","id":"c1","method":"tools/call","params":{{"name":"{name}","arguments":{args}}}}}"#
     );
