@@ -357,7 +357,7 @@ struct RpcErr {
 }
 
 /// Checks an HTTP response carries a JSON-RPC result; returns the result JSON text.
-fn expect_result(resp: &Response) -> Result<String, ClientError> {
+fn expect_result(resp: &Response, want: bool) -> Result<String, ClientError> {
     if resp.status != 200 {
         // Modern errors ride on 4xx with a JSON-RPC body: surface the JSON-RPC code then.
         if resp.json {
@@ -383,7 +383,13 @@ fn expect_result(resp: &Response) -> Result<String, ClientError> {
                 message: e.message,
             }));
         }
-        m.result.map(|r| Ok(r.get().to_owned()))
+        m.result.map(|r| {
+            Ok(if want {
+                r.get().to_owned()
+            } else {
+                String::new()
+            })
+        })
     };
     if resp.sse {
         let mut found = None;
@@ -431,6 +437,8 @@ pub struct McpClient {
     next_id: u64,
     out: Vec<u8>,
     body: Vec<u8>,
+    /// `"_meta":{...` of modern requests without the closing brace, built once.
+    meta_open: String,
 }
 
 impl McpClient {
@@ -446,6 +454,11 @@ impl McpClient {
             next_id: 1,
             out: Vec::with_capacity(512),
             body: Vec::with_capacity(512),
+            meta_open: {
+                let mut m = Self::modern_meta("");
+                m.pop();
+                m
+            },
         }
     }
 
@@ -489,7 +502,7 @@ impl McpClient {
     async fn rpc(
         &mut self,
         method: &str,
-        params: &str,
+        params: &[&[u8]],
         name: Option<&str>,
     ) -> Result<Response, ClientError> {
         let id = self.next_id;
@@ -501,27 +514,35 @@ impl McpClient {
         self.body.extend_from_slice(b",\"method\":\"");
         self.body.extend_from_slice(method.as_bytes());
         self.body.extend_from_slice(b"\",\"params\":");
-        self.body.extend_from_slice(params.as_bytes());
+        for p in params {
+            self.body.extend_from_slice(p);
+        }
         self.body.push(b'}');
-        let session = self.session.clone();
-        let mut headers: Vec<(&str, &str)> = Vec::with_capacity(6);
-        headers.push(("accept", "application/json, text/event-stream"));
+        // Taken and put back so the header can borrow it while `exchange` borrows `self`.
+        let session = self.session.take();
+        let mut headers: [(&str, &str); 4] = [("accept", "application/json, text/event-stream"); 4];
+        let mut n = 1;
         match self.era {
             Era::Legacy => {
                 if let Some(s) = session.as_deref() {
-                    headers.push(("mcp-session-id", s));
-                    headers.push(("mcp-protocol-version", LEGACY_VERSIONS[2]));
+                    headers[1] = ("mcp-session-id", s);
+                    headers[2] = ("mcp-protocol-version", LEGACY_VERSIONS[2]);
+                    n = 3;
                 }
             }
             Era::Modern => {
-                headers.push(("mcp-protocol-version", MODERN_VERSION));
-                headers.push(("mcp-method", method));
-                if let Some(n) = name {
-                    headers.push(("mcp-name", n));
+                headers[1] = ("mcp-protocol-version", MODERN_VERSION);
+                headers[2] = ("mcp-method", method);
+                n = 3;
+                if let Some(name) = name {
+                    headers[3] = ("mcp-name", name);
+                    n = 4;
                 }
             }
         }
-        self.exchange("POST", &headers, true).await
+        let r = self.exchange("POST", &headers[..n], true).await;
+        self.session = session;
+        r
     }
 
     fn modern_meta(extra: &str) -> String {
@@ -544,8 +565,8 @@ impl McpClient {
                     "{{\"protocolVersion\":\"{}\",\"capabilities\":{{}},\"clientInfo\":{{\"name\":\"meshgate-load\",\"version\":\"1\"}}}}",
                     LEGACY_VERSIONS[2]
                 );
-                let resp = self.rpc("initialize", &params, None).await?;
-                expect_result(&resp)?;
+                let resp = self.rpc("initialize", &[params.as_bytes()], None).await?;
+                expect_result(&resp, false)?;
                 let sid = resp.session.ok_or_else(|| {
                     ClientError::Protocol("initialize answered without Mcp-Session-Id".into())
                 })?;
@@ -568,8 +589,10 @@ impl McpClient {
             }
             Era::Modern => {
                 let params = format!("{{{}}}", Self::modern_meta(""));
-                let resp = self.rpc("server/discover", &params, None).await?;
-                expect_result(&resp).map(|_| ())
+                let resp = self
+                    .rpc("server/discover", &[params.as_bytes()], None)
+                    .await?;
+                expect_result(&resp, false).map(|_| ())
             }
         }
     }
@@ -579,24 +602,50 @@ impl McpClient {
     /// # Errors
     /// Transport, status, JSON-RPC or protocol errors.
     pub async fn call_tool(&mut self, name: &str, progress: bool) -> Result<(), ClientError> {
-        let tok = if progress {
-            format!(",\"progressToken\":{}", self.next_id)
-        } else {
-            String::new()
+        let mut tok = itoa::Buffer::new();
+        let tok = tok.format(self.next_id).as_bytes().to_owned();
+        let meta = std::mem::take(&mut self.meta_open);
+        let head: &[&[u8]] = &[
+            b"{\"name\":\"",
+            name.as_bytes(),
+            b"\",\"arguments\":{\"text\":\"hi\"}",
+        ];
+        let r = match (self.era, progress) {
+            (Era::Legacy, false) => {
+                self.rpc("tools/call", &[head[0], head[1], head[2], b"}"], Some(name))
+                    .await
+            }
+            (Era::Legacy, true) => {
+                let parts: &[&[u8]] = &[
+                    head[0],
+                    head[1],
+                    head[2],
+                    b",\"_meta\":{\"progressToken\":",
+                    &tok,
+                    b"}}",
+                ];
+                self.rpc("tools/call", parts, Some(name)).await
+            }
+            (Era::Modern, false) => {
+                let parts: &[&[u8]] = &[head[0], head[1], head[2], b",", meta.as_bytes(), b"}}"];
+                self.rpc("tools/call", parts, Some(name)).await
+            }
+            (Era::Modern, true) => {
+                let parts: &[&[u8]] = &[
+                    head[0],
+                    head[1],
+                    head[2],
+                    b",",
+                    meta.as_bytes(),
+                    b",\"progressToken\":",
+                    &tok,
+                    b"}}",
+                ];
+                self.rpc("tools/call", parts, Some(name)).await
+            }
         };
-        let params = match self.era {
-            Era::Legacy if progress => format!(
-                "{{\"name\":\"{name}\",\"arguments\":{{\"text\":\"hi\"}},\"_meta\":{{\"progressToken\":{}}}}}",
-                self.next_id
-            ),
-            Era::Legacy => format!("{{\"name\":\"{name}\",\"arguments\":{{\"text\":\"hi\"}}}}"),
-            Era::Modern => format!(
-                "{{\"name\":\"{name}\",\"arguments\":{{\"text\":\"hi\"}},{}}}",
-                Self::modern_meta(&tok)
-            ),
-        };
-        let resp = self.rpc("tools/call", &params, Some(name)).await?;
-        expect_result(&resp).map(|_| ())
+        self.meta_open = meta;
+        expect_result(&r?, false).map(|_| ())
     }
 
     /// `tools/list`, following `nextCursor`; returns the tool count.
@@ -622,8 +671,8 @@ impl McpClient {
                 Era::Modern if c.is_empty() => format!("{{{}}}", Self::modern_meta("")),
                 Era::Modern => format!("{{{c},{}}}", Self::modern_meta("")),
             };
-            let resp = self.rpc("tools/list", &params, None).await?;
-            let raw = expect_result(&resp)?;
+            let resp = self.rpc("tools/list", &[params.as_bytes()], None).await?;
+            let raw = expect_result(&resp, true)?;
             let p: Page = serde_json::from_str(&raw)
                 .map_err(|e| ClientError::Protocol(format!("tools/list result: {e}")))?;
             n += p.tools.len();
@@ -642,8 +691,8 @@ impl McpClient {
     /// # Errors
     /// Transport, status, JSON-RPC or protocol errors.
     pub async fn ping(&mut self) -> Result<(), ClientError> {
-        let resp = self.rpc("ping", "{}", None).await?;
-        expect_result(&resp).map(|_| ())
+        let resp = self.rpc("ping", &[b"{}"], None).await?;
+        expect_result(&resp, false).map(|_| ())
     }
 
     /// DELETE the session (legacy); returns the HTTP status.

@@ -50,6 +50,8 @@ pub struct SuiteConfig {
 pub struct SuiteReport {
     /// Each case by name.
     pub cases: Vec<(String, RunReport)>,
+    /// Hub/direct ratios of the stream cases, which run one after the other.
+    pub stream_ratios: Vec<(String, f64)>,
 }
 
 fn case(name: &str, base: &RunConfig, f: impl FnOnce(&mut RunConfig)) -> (String, RunConfig) {
@@ -93,11 +95,11 @@ pub async fn run(cfg: &SuiteConfig) -> anyhow::Result<SuiteReport> {
             c.rate = Some(500.0);
         }),
         case("call-64", &base, |c| {
-            c.sessions = 64 / s;
+            c.sessions = (64 / s).max(1);
             c.rate = Some(5000.0 / s as f64);
         }),
         case("call-1024", &base, |c| {
-            c.sessions = 1024 / s;
+            c.sessions = (1024 / s).max(1);
             c.rate = Some(5000.0 / s as f64);
         }),
     ];
@@ -106,15 +108,15 @@ pub async fn run(cfg: &SuiteConfig) -> anyhow::Result<SuiteReport> {
         cases.push(case(&format!("streams-10k-{tag}"), &base, |c| {
             c.targets = vec![t.clone()];
             c.scenario = Scenario::Stream;
-            c.streams = 10_000 / s;
+            c.streams = (10_000 / s).max(1);
             c.setup_concurrency = 512;
             c.duration = cfg.duration.max(Duration::from_secs(3));
         }));
     }
     cases.push(case("streams-1k-callers", &base, |c| {
         c.scenario = Scenario::Mixed;
-        c.streams = 1000 / s;
-        c.sessions = 64 / s;
+        c.streams = (1000 / s).max(1);
+        c.sessions = (64 / s).max(1);
         c.rate = Some(2000.0 / s as f64);
         c.duration = cfg.duration.max(Duration::from_secs(3));
     }));
@@ -132,7 +134,24 @@ pub async fn run(cfg: &SuiteConfig) -> anyhow::Result<SuiteReport> {
         report::write_plot(&rep, &name, &cfg.out.join(format!("{name}.svg")))?;
         out.push((name, rep));
     }
-    let rep = SuiteReport { cases: out };
+    // The 10k-stream cases ran separately per target: compare them here.
+    let mut stream_ratios = Vec::new();
+    let find = |n: &str| out.iter().find(|(name, _)| name == n).map(|(_, r)| r);
+    if let (Some(d), Some(h)) = (find("streams-10k-direct"), find("streams-10k-hub")) {
+        if let (Some(a), Some(b)) = (d.metric("delivery").first(), h.metric("delivery").first()) {
+            let r = report::ratios(a, b);
+            let parts: Vec<String> = r.iter().map(|(l, v)| format!("{l} {v:.2}×")).collect();
+            println!(
+                "ratio hub/direct streams-10k delivery: {}",
+                parts.join("  ")
+            );
+            stream_ratios = r.into_iter().map(|(l, v)| (l.to_owned(), v)).collect();
+        }
+    }
+    let rep = SuiteReport {
+        cases: out,
+        stream_ratios,
+    };
     report::write_json(&rep, &cfg.out.join("suite.json"))?;
     if let Some(mut c) = child {
         let _ = c.kill().await;

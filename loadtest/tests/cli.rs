@@ -164,3 +164,58 @@ fn mock_and_run_end_to_end_with_json_and_plot() {
     assert!(v["results"][0]["p50_ms"].as_f64().unwrap() >= 1.0);
     assert!(std::fs::read_to_string(&svg).unwrap().starts_with("<svg"));
 }
+
+/// The suite's whole matrix at 1/100 scale, with a second mock standing in for the hub:
+/// every case runs, ratios are printed, and JSON + SVG files are written.
+#[test]
+fn suite_smoke_with_hub_stand_in() {
+    use loadtest::mock::{MockConfig, MockServer};
+    let direct = MockServer::start(MockConfig::default()).unwrap();
+    let hub = MockServer::start(MockConfig::default()).unwrap();
+    let dir = std::env::temp_dir().join(format!("mgl-suite-{}", std::process::id()));
+    let mut child = Command::new(env!("CARGO_BIN_EXE_meshgate-load"))
+        .args([
+            "suite",
+            "--direct",
+            &direct.url(),
+            "--hub",
+            &hub.url(),
+            "--scale",
+            "100",
+        ])
+        .args(["--duration", "1s", "--out", dir.to_str().unwrap()])
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::null())
+        .spawn()
+        .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(60);
+    let status = loop {
+        if let Some(s) = child.try_wait().unwrap() {
+            break s;
+        }
+        if Instant::now() > deadline {
+            child.kill().unwrap();
+            panic!("suite hung");
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    let mut out = String::new();
+    child
+        .stdout
+        .take()
+        .unwrap()
+        .read_to_string(&mut out)
+        .unwrap();
+    assert!(status.success(), "{out}");
+    assert_eq!(out.matches("ratio B/A call").count(), 4, "{out}");
+    let v: serde_json::Value =
+        serde_json::from_str(&std::fs::read_to_string(dir.join("suite.json")).unwrap()).unwrap();
+    assert_eq!(v["cases"].as_array().unwrap().len(), 6);
+    assert_eq!(v["stream_ratios"].as_array().unwrap().len(), 5);
+    assert!(
+        out.contains("ratio hub/direct streams-10k delivery"),
+        "{out}"
+    );
+    assert!(dir.join("streams-10k-hub.svg").exists());
+}
