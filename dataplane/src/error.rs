@@ -40,8 +40,6 @@ pub enum ErrorKind {
     MissingSession,
     /// Unknown, expired or deleted session.
     UnknownSession,
-    /// A second standalone GET stream for one session.
-    StreamConflict,
     /// A response whose id matches no pending server→client request.
     UnknownResponseId,
     /// Method the hub does not serve.
@@ -104,7 +102,6 @@ impl ProxyError {
             | ErrorKind::MissingSession
             | ErrorKind::UnknownResponseId => 400,
             ErrorKind::UnknownSession => 404,
-            ErrorKind::StreamConflict => 409,
             ErrorKind::MethodNotFound
             | ErrorKind::InvalidParams
             | ErrorKind::ResourceNotFound
@@ -119,9 +116,7 @@ impl ProxyError {
     /// JSON-RPC error code carried in the body, if the reply has a JSON-RPC body.
     pub fn code(&self) -> Option<i32> {
         match self.kind {
-            ErrorKind::UnknownSession | ErrorKind::MethodNotAllowed | ErrorKind::StreamConflict => {
-                None
-            }
+            ErrorKind::UnknownSession | ErrorKind::MethodNotAllowed => None,
             ErrorKind::BadOrigin
             | ErrorKind::BadHost
             | ErrorKind::NotAcceptable
@@ -154,7 +149,6 @@ impl ProxyError {
             | ErrorKind::UnsupportedVersion
             | ErrorKind::MissingSession
             | ErrorKind::UnknownSession
-            | ErrorKind::StreamConflict
             | ErrorKind::UnknownResponseId
             | ErrorKind::MethodNotFound
             | ErrorKind::InvalidParams
@@ -184,7 +178,6 @@ impl ProxyError {
             | ErrorKind::UnsupportedVersion
             | ErrorKind::MissingSession
             | ErrorKind::UnknownSession
-            | ErrorKind::StreamConflict
             | ErrorKind::UnknownResponseId
             | ErrorKind::MethodNotFound
             | ErrorKind::InvalidParams

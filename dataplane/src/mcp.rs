@@ -1021,7 +1021,7 @@ async fn relay_post_stream(
         .as_ref()
         .map_or(0, |s| s.generation);
     let _guard = metrics::StreamGuard::new(&w.hub.metrics.open_streams);
-    let stream = session.open_stream(w.hub.snap.replay_events);
+    let stream = session.open_stream(w.hub.snap.replay_events, false);
     let started = conn.start_stream(200, &SSE_HEADERS).await.is_ok();
     let mut em = Emitter {
         conn,
@@ -1184,30 +1184,45 @@ async fn get(w: &Rc<Worker>, conn: &mut Conn, req: &Request) -> bool {
         .and_then(parse_event_id)
     {
         let stream = session.state.lock().streams.get(&no).cloned();
-        if let Some(stream) = stream {
-            return resume(w, conn, &session, stream, seq).await;
+        match stream {
+            Some(stream) if !stream.standalone => {
+                return resume(w, conn, &session, stream, seq).await;
+            }
+            Some(stream) => {
+                standalone_stream(w, conn, &session, Some((stream, seq))).await;
+                return false;
+            }
+            None => {}
         }
     }
-    let already_open = std::mem::replace(&mut session.state.lock().get_stream_open, true);
-    if already_open {
-        let e = ProxyError::new(
-            ErrorKind::StreamConflict,
-            "this session already has a GET stream open",
-        );
-        return reply_error(conn, &e, keep).await;
-    }
-    standalone_stream(w, conn, &session).await;
-    session.state.lock().get_stream_open = false;
+    standalone_stream(w, conn, &session, None).await;
     false
 }
 
 /// The standalone GET stream: merges the upstream sessions' GET streams, sends `list_changed`
 /// when upstream health changes, keep-alive comments when idle; ends when the client goes away
 /// or the session ends.
-async fn standalone_stream(w: &Rc<Worker>, conn: &mut Conn, session: &Arc<Session>) {
+async fn standalone_stream(
+    w: &Rc<Worker>,
+    conn: &mut Conn,
+    session: &Arc<Session>,
+    replay: Option<(Arc<ReplayStream>, u64)>,
+) {
     let _guard = metrics::StreamGuard::new(&w.hub.metrics.open_streams);
-    let stream = session.open_stream(w.hub.snap.replay_events);
-    let started = conn.start_stream(200, &SSE_HEADERS).await.is_ok();
+    // Only one standalone stream per session: a newer one (a reconnect) takes over.
+    let my_gen = {
+        let mut st = session.state.lock();
+        st.get_stream_gen += 1;
+        st.get_stream_gen
+    };
+    let stream = session.open_stream(w.hub.snap.replay_events, true);
+    let mut started = conn.start_stream(200, &SSE_HEADERS).await.is_ok();
+    if let Some((old, seq)) = replay {
+        // What the client missed on its previous GET stream, then this stream goes on live.
+        for (_, frame) in old.after(seq) {
+            started = started && conn.write_chunk(&frame).await.is_ok();
+        }
+    }
     let mut em = Emitter {
         conn,
         stream: stream.clone(),
@@ -1225,7 +1240,8 @@ async fn standalone_stream(w: &Rc<Worker>, conn: &mut Conn, session: &Arc<Sessio
     let mut attached: Vec<Option<u64>> = vec![None; n];
     let mut retry_at: Vec<Instant> = vec![Instant::now(); n];
     let mut seen_mask = w.hub.up_mask();
-    while em.client_ok && !session.is_closed() {
+    while em.client_ok && !session.is_closed() && session.state.lock().get_stream_gen == my_gen {
+        session.touch();
         for u in 0..n {
             let us = session.state.lock().upstreams[u].clone();
             let Some(us) = us else { continue };

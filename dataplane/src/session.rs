@@ -134,8 +134,9 @@ pub struct SessionState {
     pub lists: Lists,
     /// Replay buffers of this session's SSE streams, by stream number.
     pub streams: HashMap<u64, Arc<ReplayStream>>,
-    /// Whether a standalone GET stream is open.
-    pub get_stream_open: bool,
+    /// Bumped by each standalone GET stream; an older stream ends when it sees a newer one
+    /// (a reconnecting client takes over instead of getting a conflict).
+    pub get_stream_gen: u64,
 }
 
 /// A client session.
@@ -187,7 +188,8 @@ impl Session {
         })
     }
 
-    fn touch(&self) {
+    /// Records activity (requests, and open streams while they live).
+    pub fn touch(&self) {
         let ms = u64::try_from(self.created.elapsed().as_millis()).unwrap_or(u64::MAX);
         self.last_seen_ms.store(ms, Ordering::Relaxed);
     }
@@ -216,10 +218,12 @@ impl Session {
         .is_ok_and(|m| m.contains_key(capability))
     }
 
-    /// Opens a new replay stream and returns its number.
-    pub fn open_stream(&self, keep: usize) -> Arc<ReplayStream> {
+    /// Opens a new replay stream (`standalone` = the GET stream, else a POST answer).
+    pub fn open_stream(&self, keep: usize, standalone: bool) -> Arc<ReplayStream> {
         let no = self.next_stream.fetch_add(1, Ordering::Relaxed);
-        let s = Arc::new(ReplayStream::new(no, keep));
+        let mut s = ReplayStream::new(no, keep);
+        s.standalone = standalone;
+        let s = Arc::new(s);
         let mut st = self.state.lock();
         // Keep the newest streams only: a finished stream's events are worth keeping only until
         // the client had a chance to resume it.
@@ -251,6 +255,8 @@ impl Session {
 pub struct ReplayStream {
     /// Stream number, unique in the session; event ids are `<stream>_<seq>`.
     pub no: u64,
+    /// Whether this is a standalone GET stream (resuming it continues live after the replay).
+    pub standalone: bool,
     keep: usize,
     next_seq: AtomicU64,
     inner: Mutex<VecDeque<(u64, Bytes)>>,
@@ -263,6 +269,7 @@ impl ReplayStream {
     fn new(no: u64, keep: usize) -> Self {
         Self {
             no,
+            standalone: false,
             keep,
             next_seq: AtomicU64::new(1),
             inner: Mutex::new(VecDeque::new()),
