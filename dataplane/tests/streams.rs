@@ -4,6 +4,8 @@
 
 // Tests drive the hub from plain threads, not monoio workers, so blocking sleeps are fine here.
 #![allow(clippy::disallowed_methods)]
+// Helper functions in an integration test are test code too.
+#![allow(clippy::unwrap_used)]
 
 mod support;
 
