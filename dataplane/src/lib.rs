@@ -22,6 +22,7 @@ pub mod federation;
 pub mod hub;
 pub mod mcp;
 pub mod metrics;
+pub mod preflight;
 pub mod server;
 pub mod session;
 pub mod upstream;

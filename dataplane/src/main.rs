@@ -95,6 +95,7 @@ fn main() -> anyhow::Result<()> {
         println!("{snap:#?}");
         return Ok(());
     }
+    dataplane::preflight::check_names(&snap).context("refusing to start")?;
     if snap.upstreams.is_empty() {
         tracing::warn!("no upstreams configured: the hub will serve empty lists");
     }

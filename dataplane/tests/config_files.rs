@@ -57,7 +57,33 @@ fn full_example_normalises() {
     assert_eq!(s.workers, 2);
     assert_eq!(s.separator.as_deref(), Some("."));
     assert_eq!(s.limits.head_timeout, std::time::Duration::from_secs(5));
-    assert_eq!(s.upstreams[0].request_timeout, std::time::Duration::from_secs(60));
+    assert_eq!(
+        s.upstreams[0].request_timeout,
+        std::time::Duration::from_secs(60)
+    );
     assert_eq!(s.upstreams[1].path.as_ref(), "/");
     assert_eq!(s.session_ttl, std::time::Duration::from_secs(3600));
+}
+
+#[test]
+fn unprefixed_name_collision_refuses_to_start_naming_both() {
+    use loadtest::mock::{MockConfig, MockServer};
+    // Two upstreams that both expose tool_0 … tool_9.
+    let a = MockServer::start(MockConfig::default()).expect("mock a");
+    let b = MockServer::start(MockConfig::default()).expect("mock b");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_meshgate"))
+        .args(["--listen", "127.0.0.1:0", "--separator", "none"])
+        .args(["--upstream", &format!("alpha={}", a.url())])
+        .args(["--upstream", &format!("beta={}", b.url())])
+        .output()
+        .expect("run meshgate");
+    assert!(!out.status.success(), "hub started despite a collision");
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        err.contains("collision")
+            && err.contains("'alpha'")
+            && err.contains("'beta'")
+            && err.contains("tool_0"),
+        "{err}"
+    );
 }
