@@ -186,6 +186,8 @@ struct TargetRun {
     delivery: SharedRecorder,
     cycle: SharedRecorder,
     setup: SharedRecorder,
+    /// Open loop only: actual send time minus intended send time (the driver's own lag).
+    lag: SharedRecorder,
 }
 
 /// When samples count: `[measure_from, end)`.
@@ -240,6 +242,7 @@ pub async fn run(cfg: &RunConfig) -> anyhow::Result<RunReport> {
             delivery: Recorder::shared(),
             cycle: Recorder::shared(),
             setup: Recorder::shared(),
+            lag: Recorder::shared(),
         }));
     }
     let timer = HiResTimer::start("load-timer")?;
@@ -388,6 +391,9 @@ pub async fn run(cfg: &RunConfig) -> anyhow::Result<RunReport> {
         let url = &tr.target.url;
         if callers {
             results.push(lock(&tr.call).summary(url, "call", elapsed));
+            if cfg.rate.is_some() {
+                results.push(lock(&tr.lag).summary(url, "send_lag", elapsed));
+            }
         }
         if streamers {
             results.push(lock(&tr.delivery).summary(url, "delivery", elapsed));
@@ -465,6 +471,9 @@ async fn call_worker(
             return;
         }
         timer.sleep_until(intended).await;
+        if sched.is_some() && intended >= win.measure_from {
+            lock(&tr.lag).ok(intended.elapsed());
+        }
         let name = &names[(offset + j as usize) % names.len()];
         let r = c.call_tool(name, progress).await;
         let done = Instant::now();

@@ -50,6 +50,12 @@ pub fn table(rep: &RunReport) -> String {
             r.error_total
         );
     }
+    if rep.results.iter().any(|r| r.metric == "send_lag") {
+        let _ = writeln!(
+            s,
+            "send_lag = how late the driver sent vs the intended time (part of call latency)"
+        );
+    }
     for (i, t) in rep.config.targets.iter().enumerate() {
         let name = if rep.config.targets.len() > 1 {
             ["A", "B"][i.min(1)]
@@ -222,7 +228,7 @@ pub fn write_plot(rep: &RunReport, title: &str, path: &Path) -> anyhow::Result<(
     let series: Vec<(String, &Summary)> = rep
         .results
         .iter()
-        .filter(|s| s.ok > 0)
+        .filter(|s| s.ok > 0 && s.metric != "send_lag")
         .map(|s| {
             let who = match rep.config.targets.iter().position(|t| *t == s.target) {
                 Some(i) if n > 1 => format!("{} {}", ["A", "B"][i.min(1)], s.target),

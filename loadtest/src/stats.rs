@@ -137,7 +137,8 @@ impl Recorder {
 pub struct Summary {
     /// Target URL.
     pub target: String,
-    /// `call`, `delivery` (stream notification delay) or `cycle` (session create+delete).
+    /// `call`, `delivery` (stream notification delay), `cycle` (session create+delete) or
+    /// `send_lag` (open loop: driver's actual minus intended send time).
     pub metric: String,
     /// Successful samples.
     pub ok: u64,

@@ -160,7 +160,12 @@ fn mock_and_run_end_to_end_with_json_and_plot() {
     assert_eq!(code, Some(0), "{err}");
     let v: serde_json::Value =
         serde_json::from_str(&std::fs::read_to_string(&json).unwrap()).unwrap();
-    assert_eq!(v["results"].as_array().unwrap().len(), 2);
+    let results = v["results"].as_array().unwrap();
+    assert_eq!(results.iter().filter(|r| r["metric"] == "call").count(), 2);
+    assert_eq!(
+        results.iter().filter(|r| r["metric"] == "send_lag").count(),
+        2
+    );
     assert!(v["results"][0]["p50_ms"].as_f64().unwrap() >= 1.0);
     assert!(std::fs::read_to_string(&svg).unwrap().starts_with("<svg"));
 }

