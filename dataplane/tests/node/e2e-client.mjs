@@ -316,8 +316,8 @@ await check('resources/list paginated', async () => {
   const uris = items.map((r) => r.uri);
   const dups = uris.filter((u, i) => uris.indexOf(u) !== i);
   assert(dups.length === 0, `duplicate resource uris: ${dups.join(', ')}`);
-  if (hasFx) assert(uris.includes('test://static-text') && uris.includes('test://watched-resource'), `fixture resources missing: ${uris.join(', ')}`);
-  if (hasEv) assert(uris.some((u) => u.startsWith('demo://resource/static/document/')), `server-everything resources missing: ${uris.join(', ')}`);
+  if (hasFx) assert(uris.includes('test://static-text') && uris.includes('test://watched-resource'), `fixture resources test://static-text / test://watched-resource missing (have: ${uris.join(', ')})`);
+  if (hasEv) assert(uris.some((u) => u.startsWith('demo://resource/static/document/')), `server-everything demo://resource/static/document/* missing (have: ${uris.join(', ')})`);
 });
 
 await check('resources/read (fixture text + template)', async () => {
@@ -340,8 +340,8 @@ await check('resources/read (server-everything)', async () => {
 await check('resources/templates/list', async () => {
   const { items } = await listAll('resources/templates/list', 'listResourceTemplates', 'resourceTemplates');
   const t = items.map((x) => x.uriTemplate);
-  if (hasFx) assert(t.includes('test://template/{id}/data'), `fixture template missing: ${t.join(', ')}`);
-  if (hasEv) assert(t.includes('demo://resource/dynamic/text/{resourceId}'), `server-everything template missing: ${t.join(', ')}`);
+  if (hasFx) assert(t.includes('test://template/{id}/data'), `fixture template test://template/{id}/data missing (have: ${t.join(', ')})`);
+  if (hasEv) assert(t.includes('demo://resource/dynamic/text/{resourceId}'), `server-everything template demo://resource/dynamic/text/{resourceId} missing (have: ${t.join(', ')})`);
 });
 
 await check('resources/subscribe -> notifications/resources/updated (fixture test://watched-resource)', async () => {
