@@ -837,7 +837,14 @@ async fn resolve_name(
     let found = match w.hub.naming.split(exposed) {
         Some((u, orig)) => Some((u, orig.to_string())),
         None if w.hub.naming.separator.is_none() => {
-            merged(w, session, kind).await.index.get(exposed).cloned()
+            match merged(w, session, kind).await.index.get(exposed).cloned() {
+                Some(hit) => Some(hit),
+                // Transparent mode: a name no list shows goes to the only upstream serving this
+                // capability, which answers for itself (lists may be partial or dynamic).
+                None => {
+                    sole_upstream(w, session, kind.capability()).map(|u| (u, exposed.to_string()))
+                }
+            }
         }
         None => None,
     };
@@ -857,6 +864,20 @@ async fn resolve_name(
         ));
     }
     Ok((u, orig))
+}
+
+/// The one upstream that is up and declared `capability` in this session, if exactly one is.
+fn sole_upstream(w: &Worker, session: &Session, capability: &str) -> Option<usize> {
+    let mask = w.hub.up_mask();
+    let st = session.state.lock();
+    let mut it = (0..w.hub.snap.upstreams.len()).filter(|&u| {
+        mask & (1 << u) != 0
+            && st.upstreams[u]
+                .as_ref()
+                .is_some_and(|us| us.has_capability(capability))
+    });
+    let first = it.next()?;
+    it.next().is_none().then_some(first)
 }
 
 async fn resolve_uri(
@@ -889,17 +910,8 @@ async fn resolve_template(
     }
     // A URI no list names may still exist upstream (lists can be partial): with a single
     // upstream that serves resources, ask it.
-    let mask = w.hub.up_mask();
-    let candidates: Vec<usize> = (0..w.hub.snap.upstreams.len())
-        .filter(|u| mask & (1 << u) != 0)
-        .filter(|&u| {
-            session.state.lock().upstreams[u]
-                .as_ref()
-                .is_some_and(|us| us.has_capability("resources"))
-        })
-        .collect();
-    if candidates.len() == 1 {
-        return Ok(candidates[0]);
+    if let Some(u) = sole_upstream(w, session, "resources") {
+        return Ok(u);
     }
     Err(ProxyError::new(
         ErrorKind::ResourceNotFound,
