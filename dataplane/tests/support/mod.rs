@@ -405,7 +405,10 @@ impl Drop for Proc {
     fn drop(&mut self) {
         // The child leads its own process group (see spawn_ready): kill the whole group, so
         // wrappers that spawn the real server (node scripts) leave nothing behind.
-        let _ = Command::new("kill").arg("-KILL").arg(format!("-{}", self.child.id())).status();
+        let _ = Command::new("kill")
+            .arg("-KILL")
+            .arg(format!("-{}", self.child.id()))
+            .status();
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -414,13 +417,18 @@ impl Drop for Proc {
 /// Spawns `cmd` and waits (bounded) for a stdout line containing `ready`.
 pub fn spawn_ready(mut cmd: Command, ready: &str, within: Duration) -> Proc {
     use std::os::unix::process::CommandExt;
-    cmd.stdout(Stdio::piped()).stderr(Stdio::inherit()).process_group(0);
+    cmd.stdout(Stdio::piped())
+        .stderr(Stdio::inherit())
+        .process_group(0);
     let mut child = cmd.spawn().unwrap_or_else(|e| panic!("spawn {cmd:?}: {e}"));
     let out = child.stdout.take().expect("stdout");
     match read_line_matching(out, ready, within) {
         Some(line) => Proc { child, line },
         None => {
-            let _ = Command::new("kill").arg("-KILL").arg(format!("-{}", child.id())).status();
+            let _ = Command::new("kill")
+                .arg("-KILL")
+                .arg(format!("-{}", child.id()))
+                .status();
             let _ = child.kill();
             panic!("{cmd:?} did not print {ready:?} within {within:?}");
         }
