@@ -362,7 +362,15 @@ pub async fn run(cfg: &RunConfig) -> anyhow::Result<RunReport> {
                     session: i,
                 });
                 let c = McpClient::new(tr.target.clone(), cfg.era, opts, cfg.timeout);
-                work.spawn(churn_worker(c, tr.clone(), sched, win, timer.clone()));
+                let fresh = (opts, cfg.timeout);
+                work.spawn(churn_worker(
+                    c,
+                    tr.clone(),
+                    sched,
+                    win,
+                    timer.clone(),
+                    fresh,
+                ));
             }
         }
     }
@@ -505,6 +513,7 @@ async fn churn_worker(
     sched: Option<Schedule>,
     win: Window,
     timer: HiResTimer,
+    (opts, timeout): (ConnectOpts, Duration),
 ) {
     let mut j: u64 = 0;
     timer.sleep_until(win.t0).await;
@@ -537,12 +546,7 @@ async fn churn_worker(
             tokio::time::sleep(Duration::from_millis(10)).await;
         }
         // A fresh connection per cycle: churn exercises connection setup too.
-        c = McpClient::new(
-            c.target().clone(),
-            Era::Legacy,
-            ConnectOpts::default(),
-            Duration::from_secs(10),
-        );
+        c = McpClient::new(c.target().clone(), Era::Legacy, opts, timeout);
         j += 1;
     }
 }

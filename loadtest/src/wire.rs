@@ -18,7 +18,7 @@ pub enum WireError {
     /// The peer sent bytes that are not HTTP/1.1.
     #[error("malformed HTTP: {0}")]
     Parse(&'static str),
-    /// The head exceeded [`MAX_HEAD`].
+    /// The head exceeded 32 KiB.
     #[error("HTTP head too large")]
     HeadTooLarge,
 }

@@ -51,6 +51,19 @@ fn unreachable_target() {
 }
 
 #[test]
+fn too_many_sessions_for_the_fd_limit_is_said_plainly() {
+    let (code, err) = run(&[
+        "run",
+        "http://127.0.0.1:1/mcp",
+        "--sessions",
+        "10000000",
+        "--quiet",
+    ]);
+    assert_eq!(code, Some(2));
+    assert!(err.contains("open files but the hard limit is"), "{err}");
+}
+
+#[test]
 fn target_that_is_not_mcp() {
     // A plain web server answering every request with an HTML page.
     let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
