@@ -426,3 +426,46 @@ async fn probe_once(
     }
     Ok(())
 }
+
+/// Why an upstream list could not be fetched.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// The exchange failed.
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    /// The answer was not a list.
+    #[error(transparent)]
+    List(#[from] crate::federation::ListError),
+}
+
+/// Fetches every page of one upstream list (bounded to 1000 pages; a repeated cursor ends it).
+///
+/// # Errors
+/// [`FetchError`] on the first failing page.
+pub async fn fetch_list(
+    pool: &Pool,
+    up: &Upstream,
+    us: &UpstreamSession,
+    kind: crate::federation::ListKind,
+) -> Result<Vec<crate::federation::Item>, FetchError> {
+    let mut items = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _page in 0..1000 {
+        let mut body = br#"{"jsonrpc":"2.0","id":"mg-list","method":""#.to_vec();
+        body.extend_from_slice(kind.method().as_bytes());
+        body.extend_from_slice(b"\",\"params\":{");
+        if let Some(c) = &cursor {
+            body.extend_from_slice(b"\"cursor\":");
+            mcp_wire::jsonrpc::push_json_str(&mut body, c);
+        }
+        body.extend_from_slice(b"}}");
+        let (resp, _) = upstream::request(pool, up, Some(us), &body).await?;
+        let (page, next) = crate::federation::parse_page(kind, &resp)?;
+        items.extend(page);
+        match next {
+            Some(c) if Some(&c) != cursor.as_ref() => cursor = Some(c),
+            _ => break,
+        }
+    }
+    Ok(items)
+}

@@ -729,43 +729,26 @@ async fn upstream_list(
         session.state.lock().lists.put(u, kind, empty.clone());
         return Ok(Some(empty));
     }
-    let mut items = Vec::new();
-    let mut cursor: Option<String> = None;
-    for _page in 0..1000 {
-        let mut body = br#"{"jsonrpc":"2.0","id":"mg-list","method":""#.to_vec();
-        body.extend_from_slice(kind.method().as_bytes());
-        body.extend_from_slice(b"\",\"params\":{");
-        if let Some(c) = &cursor {
-            body.extend_from_slice(b"\"cursor\":");
-            mcp_wire::jsonrpc::push_json_str(&mut body, c);
+    let items = match crate::hub::fetch_list(&w.pool, w.upstream(u), &us, kind).await {
+        Ok(items) => items,
+        Err(crate::hub::FetchError::Upstream(UpstreamError::SessionGone)) => {
+            session.state.lock().upstreams[u] = None;
+            return Err(ProxyError::new(
+                ErrorKind::UpstreamSessionLost,
+                format!(
+                    "upstream '{}' lost its session while listing",
+                    w.upstream(u).name
+                ),
+            ));
         }
-        body.extend_from_slice(b"}}");
-        let (resp, _) = match upstream::request(&w.pool, w.upstream(u), Some(&us), &body).await {
-            Ok(r) => r,
-            Err(UpstreamError::SessionGone) => {
-                session.state.lock().upstreams[u] = None;
-                return Err(ProxyError::new(
-                    ErrorKind::UpstreamSessionLost,
-                    format!(
-                        "upstream '{}' lost its session while listing",
-                        w.upstream(u).name
-                    ),
-                ));
-            }
-            Err(e) => return Err(upstream_failure(w, u, &e)),
-        };
-        let (page, next) = federation::parse_page(kind, &resp).map_err(|e| {
-            ProxyError::new(
+        Err(crate::hub::FetchError::Upstream(e)) => return Err(upstream_failure(w, u, &e)),
+        Err(crate::hub::FetchError::List(e)) => {
+            return Err(ProxyError::new(
                 ErrorKind::UpstreamProtocol,
                 format!("upstream '{}': {e}", w.upstream(u).name),
-            )
-        })?;
-        items.extend(page);
-        match next {
-            Some(c) if Some(&c) != cursor.as_ref() => cursor = Some(c),
-            _ => break,
+            ))
         }
-    }
+    };
     let list = Arc::new(UpstreamList { items });
     session.state.lock().lists.put(u, kind, list.clone());
     Ok(Some(list))

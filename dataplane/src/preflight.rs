@@ -11,8 +11,8 @@ use std::collections::HashMap;
 use std::time::Duration;
 
 use crate::config::Snapshot;
-use crate::federation::{self, ListKind};
-use crate::hub::handshake;
+use crate::federation::ListKind;
+use crate::hub::{fetch_list, handshake};
 use crate::upstream::{self, Pool};
 
 /// A problem found at startup.
@@ -72,29 +72,16 @@ async fn names_of(
         .await
         .map_err(|_| "handshake timed out".to_string())?
         .map_err(|e| e.to_string())?;
-    let mut names = Vec::new();
-    if us.has_capability(kind.capability()) {
-        let mut cursor: Option<String> = None;
-        for _ in 0..100 {
-            let mut body = br#"{"jsonrpc":"2.0","id":"mg-pre","method":""#.to_vec();
-            body.extend_from_slice(kind.method().as_bytes());
-            body.extend_from_slice(b"\",\"params\":{");
-            if let Some(c) = &cursor {
-                body.extend_from_slice(b"\"cursor\":");
-                mcp_wire::jsonrpc::push_json_str(&mut body, c);
-            }
-            body.extend_from_slice(b"}}");
-            let (resp, _) = upstream::request(pool, up, Some(&us), &body)
-                .await
-                .map_err(|e| e.to_string())?;
-            let (items, next) = federation::parse_page(kind, &resp).map_err(|e| e.to_string())?;
-            names.extend(items.into_iter().map(|i| i.key));
-            match next {
-                Some(c) if Some(&c) != cursor.as_ref() => cursor = Some(c),
-                _ => break,
-            }
-        }
-    }
+    let names = if us.has_capability(kind.capability()) {
+        fetch_list(pool, up, &us, kind)
+            .await
+            .map_err(|e| e.to_string())?
+            .into_iter()
+            .map(|i| i.key)
+            .collect()
+    } else {
+        Vec::new()
+    };
     upstream::delete(pool, up, &us).await;
     Ok(names)
 }

@@ -405,10 +405,7 @@ impl Drop for Proc {
     fn drop(&mut self) {
         // The child leads its own process group (see spawn_ready): kill the whole group, so
         // wrappers that spawn the real server (node scripts) leave nothing behind.
-        let _ = Command::new("kill")
-            .arg("-KILL")
-            .arg(format!("-{}", self.child.id()))
-            .status();
+        let _ = kill_group(self.child.id());
         let _ = self.child.kill();
         let _ = self.child.wait();
     }
@@ -425,12 +422,17 @@ pub fn spawn_ready(mut cmd: Command, ready: &str, within: Duration) -> Proc {
     match read_line_matching(out, ready, within) {
         Some(line) => Proc { child, line },
         None => {
-            let _ = Command::new("kill")
-                .arg("-KILL")
-                .arg(format!("-{}", child.id()))
-                .status();
+            let _ = kill_group(child.id());
             let _ = child.kill();
             panic!("{cmd:?} did not print {ready:?} within {within:?}");
         }
     }
+}
+
+/// Kills a whole process group (the child was started as its leader).
+fn kill_group(pgid: u32) -> std::io::Result<std::process::ExitStatus> {
+    Command::new("kill")
+        .args(["-s", "KILL", "--", &format!("-{pgid}")])
+        .stderr(Stdio::null())
+        .status()
 }
