@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use loadtest::client::Era;
 use loadtest::driver::{self, RunConfig, Scenario};
-use loadtest::mock::{parse_duration, MockConfig, MockServer, ServiceTime};
+use loadtest::mock::{parse_duration, Engine, MockConfig, MockServer, ServiceTime};
 use loadtest::{report, scenario, suite, sys};
 
 #[derive(Parser)]
@@ -75,6 +75,10 @@ struct MockArgs {
     /// Serve legacy requests without a session instead of answering 400.
     #[arg(long)]
     no_require_session: bool,
+    /// Serving engine: tokio | monoio (monoio falls back to tokio for --threads > 1,
+    /// --stall, --service-time, --sse and --progress).
+    #[arg(long, default_value = "tokio")]
+    engine: Engine,
 }
 
 #[derive(Args)]
@@ -257,13 +261,15 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 stall_after: a.stall_after,
                 stall: a.stall,
                 require_session: !a.no_require_session,
+                engine: a.engine,
                 ..MockConfig::default()
             })
             .map_err(|e| anyhow::anyhow!("mock: cannot listen on {}: {e}", a.listen))?;
             println!(
-                "meshgate-load mock listening on {} (open files limit {})",
+                "meshgate-load mock listening on {} (open files limit {}, engine {:?})",
                 h.url(),
-                lim.soft
+                lim.soft,
+                h.engine()
             );
             use std::io::Write as _;
             let _ = std::io::stdout().flush();

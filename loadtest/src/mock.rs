@@ -39,6 +39,35 @@ pub const MODERN_VERSION: &str = "2026-07-28";
 pub const LEGACY_VERSIONS: [&str; 3] = ["2025-03-26", "2025-06-18", "2025-11-25"];
 const MAX_BODY: usize = 16 * 1024 * 1024;
 
+mod uring;
+
+// === Engine ===
+
+/// Which serving engine runs the mock. Both answer through the same MCP logic.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Default)]
+pub enum Engine {
+    /// tokio (epoll), hand-rolled HTTP/1.1; supports every option and any thread count.
+    #[default]
+    Tokio,
+    /// monoio (io_uring, epoll fallback) with the dataplane's `h1` codec, one thread.
+    /// Falls back to [`Engine::Tokio`] when `threads > 1` or when a stall, a service time,
+    /// SSE answers or progress notifications are configured; [`MockHandle::engine`] says
+    /// which engine actually runs.
+    Monoio,
+}
+
+/// Parses `tokio` or `monoio`.
+impl FromStr for Engine {
+    type Err = String;
+    fn from_str(s: &str) -> Result<Self, String> {
+        match s.trim() {
+            "tokio" => Ok(Engine::Tokio),
+            "monoio" => Ok(Engine::Monoio),
+            other => Err(format!("unknown engine {other:?} (tokio | monoio)")),
+        }
+    }
+}
+
 // === ServiceTime ===
 
 /// How long a `tools/call` takes before its result is sent.
@@ -194,6 +223,8 @@ pub struct MockConfig {
     pub backlog: i32,
     /// `serverInfo.name` reported by `initialize` and `server/discover`.
     pub server_name: String,
+    /// Serving engine (see [`Engine`] for when `Monoio` falls back to tokio).
+    pub engine: Engine,
 }
 
 impl Default for MockConfig {
@@ -214,6 +245,7 @@ impl Default for MockConfig {
             require_session: true,
             backlog: 65535,
             server_name: "meshgate-mock".to_owned(),
+            engine: Engine::default(),
         }
     }
 }
@@ -243,6 +275,7 @@ pub struct MockServer;
 /// A running mock; dropping it shuts the mock down.
 pub struct MockHandle {
     addr: SocketAddr,
+    engine: Engine,
     path: String,
     stats: Arc<MockStats>,
     stop: Option<watch::Sender<bool>>,
@@ -263,31 +296,56 @@ impl MockServer {
         let (stop_tx, stop_rx) = watch::channel(false);
         let state = Arc::new(State::new(cfg.clone(), timer, stats.clone())?);
         let threads = cfg.threads.max(1);
-        let rt = if threads == 1 {
-            tokio::runtime::Builder::new_current_thread()
-                .enable_all()
-                .build()?
-        } else {
-            tokio::runtime::Builder::new_multi_thread()
-                .worker_threads(threads)
-                .thread_name("mock-worker")
-                .enable_all()
-                .build()?
+        let engine = match cfg.engine {
+            Engine::Monoio if threads == 1 && !needs_tokio(&cfg) => Engine::Monoio,
+            _ => Engine::Tokio,
         };
-        let thread = std::thread::Builder::new()
-            .name("mock".to_owned())
-            .spawn(move || {
-                rt.block_on(async move {
-                    match TcpListener::from_std(std_listener) {
-                        Ok(l) => accept_loop(l, state, stop_rx).await,
-                        Err(e) => eprintln!("mock: cannot register listener: {e}"),
-                    }
-                });
-                // Dropping the runtime here cancels every connection and stream task.
-                drop(rt);
-            })?;
+        let thread = if engine == Engine::Monoio {
+            // monoio runtimes are not Send: build it on the server thread and wait for it.
+            let (ready_tx, ready_rx) = std::sync::mpsc::sync_channel(1);
+            let thread = std::thread::Builder::new()
+                .name("mock".to_owned())
+                .spawn(move || uring::run(std_listener, state, stop_rx, ready_tx))?;
+            match ready_rx.recv() {
+                Ok(Ok(())) => {}
+                Ok(Err(e)) => {
+                    let _ = thread.join();
+                    return Err(e);
+                }
+                Err(_) => {
+                    let _ = thread.join();
+                    return Err(std::io::Error::other("mock thread ended during start-up"));
+                }
+            }
+            thread
+        } else {
+            let rt = if threads == 1 {
+                tokio::runtime::Builder::new_current_thread()
+                    .enable_all()
+                    .build()?
+            } else {
+                tokio::runtime::Builder::new_multi_thread()
+                    .worker_threads(threads)
+                    .thread_name("mock-worker")
+                    .enable_all()
+                    .build()?
+            };
+            std::thread::Builder::new()
+                .name("mock".to_owned())
+                .spawn(move || {
+                    rt.block_on(async move {
+                        match TcpListener::from_std(std_listener) {
+                            Ok(l) => accept_loop(l, state, stop_rx).await,
+                            Err(e) => eprintln!("mock: cannot register listener: {e}"),
+                        }
+                    });
+                    // Dropping the runtime here cancels every connection and stream task.
+                    drop(rt);
+                })?
+        };
         Ok(MockHandle {
             addr,
+            engine,
             path: cfg.path,
             stats,
             stop: Some(stop_tx),
@@ -300,6 +358,11 @@ impl MockHandle {
     /// The bound address.
     pub fn addr(&self) -> SocketAddr {
         self.addr
+    }
+
+    /// The engine actually serving (a requested [`Engine::Monoio`] may have fallen back).
+    pub fn engine(&self) -> Engine {
+        self.engine
     }
 
     /// `http://ADDR/PATH`, the MCP endpoint URL.
@@ -738,21 +801,6 @@ async fn send_status(
     Next::KeepGoing
 }
 
-#[allow(clippy::too_many_arguments)]
-async fn send_error(
-    sock: &mut TcpStream,
-    out: &mut Vec<u8>,
-    status: u16,
-    id: Option<&RawValue>,
-    code: i32,
-    msg: &str,
-    data: Option<&str>,
-    ka: bool,
-) -> Next {
-    let body = jsonrpc_error(id, code, msg, data);
-    send_json(sock, out, status, &body, None, ka).await
-}
-
 /// `{"jsonrpc":"2.0","id":ID,"result":RESULT}`
 fn result_envelope(id: Option<&RawValue>, result: &[u8]) -> Vec<u8> {
     let id = id.map_or("null", RawValue::get);
@@ -765,104 +813,120 @@ fn result_envelope(id: Option<&RawValue>, result: &[u8]) -> Vec<u8> {
     b
 }
 
-async fn handle(
-    state: &State,
-    req: Req<'_>,
-    sock: &mut TcpStream,
-    out: &mut Vec<u8>,
-    rng: &mut u64,
-) -> Next {
-    let ka = req.keep_alive;
+/// What a request resolves to, independent of the serving engine: the MCP logic lives in
+/// [`route`]; each engine only turns a `Reply` into bytes on its socket.
+enum Reply<'a> {
+    /// A response without a body.
+    Status(u16),
+    /// A JSON body, optionally minting a session header.
+    Json {
+        status: u16,
+        body: Vec<u8>,
+        session: Option<String>,
+    },
+    /// A valid `tools/call` (tool checked); the engine applies stall, service time, SSE and
+    /// progress, and sends [`call_result`].
+    Call {
+        id: Option<&'a RawValue>,
+        progress: Option<&'a RawValue>,
+        modern: bool,
+    },
+    /// A GET whose session checks passed: open the standalone SSE stream.
+    Stream,
+}
+
+fn json_reply(status: u16, body: Vec<u8>) -> Reply<'static> {
+    Reply::Json {
+        status,
+        body,
+        session: None,
+    }
+}
+
+fn error_reply(status: u16, id: Option<&RawValue>, code: i32, msg: &str) -> Reply<'static> {
+    json_reply(status, jsonrpc_error(id, code, msg, None))
+}
+
+/// The whole MCP behaviour of the mock, shared by both engines.
+fn route<'a>(state: &State, req: &Req<'a>) -> Reply<'a> {
     if !req.path_ok {
-        return send_status(sock, out, 404, ka).await;
+        return Reply::Status(404);
     }
     match req.method {
         Method::Post => {}
-        Method::Get => return get_stream(state, req, sock, out).await,
-        Method::Delete => {
+        Method::Get => {
             return match req.session {
-                Some(s) if state.end_session(s) => send_status(sock, out, 200, ka).await,
-                Some(_) => send_status(sock, out, 404, ka).await,
-                None => send_status(sock, out, 400, ka).await,
+                Some(s) if !state.session_alive(s) => Reply::Status(404),
+                None if state.cfg.require_session => Reply::Status(400),
+                _ => Reply::Stream,
             };
         }
-        Method::Other => return send_status(sock, out, 405, ka).await,
-    }
-    let msg: Msg<'_> = match serde_json::from_slice(req.body) {
-        Ok(m) => m,
-        Err(_) => {
-            return send_error(sock, out, 400, None, -32700, "parse error", None, ka).await;
+        Method::Delete => {
+            return match req.session {
+                Some(s) if state.end_session(s) => Reply::Status(200),
+                Some(_) => Reply::Status(404),
+                None => Reply::Status(400),
+            };
         }
+        Method::Other => return Reply::Status(405),
+    }
+    let msg: Msg<'a> = match serde_json::from_slice(req.body) {
+        Ok(m) => m,
+        Err(_) => return error_reply(400, None, -32700, "parse error"),
     };
     let Some(method) = msg.method.as_deref() else {
         // A JSON-RPC response from the client (legacy era): accepted.
-        return send_status(sock, out, 202, ka).await;
+        return Reply::Status(202);
     };
     let params = msg.params.unwrap_or_default();
     let meta = params.meta.unwrap_or_default();
     let id = msg.id;
+    let call = |modern: bool| {
+        if params
+            .name
+            .as_deref()
+            .and_then(tool_index)
+            .is_none_or(|i| i >= state.cfg.tool_count)
+        {
+            return error_reply(200, id, -32602, "unknown tool");
+        }
+        Reply::Call {
+            id,
+            progress: meta.progress_token,
+            modern,
+        }
+    };
     if let Some(v) = meta.protocol_version.as_deref() {
         if v != MODERN_VERSION {
             let data = format!(
                 "{{\"supported\":[\"{MODERN_VERSION}\"],\"requested\":{}}}",
                 json_str(v)
             );
-            return send_error(
-                sock,
-                out,
+            return json_reply(
                 400,
-                id,
-                -32022,
-                "unsupported protocol version",
-                Some(&data),
-                ka,
-            )
-            .await;
+                jsonrpc_error(id, -32022, "unsupported protocol version", Some(&data)),
+            );
         }
         if req.proto.is_some_and(|h| h != v.as_bytes()) {
-            return send_error(
-                sock,
-                out,
+            return error_reply(
                 400,
                 id,
                 -32020,
                 "MCP-Protocol-Version header does not match _meta",
-                None,
-                ka,
-            )
-            .await;
+            );
         }
         // Modern era: stateless.
         if method.starts_with("notifications/") {
-            return send_status(sock, out, 202, ka).await;
+            return Reply::Status(202);
         }
         return match method {
-            "server/discover" => {
-                let b = result_envelope(id, &state.pre.discover);
-                send_json(sock, out, 200, &b, None, ka).await
-            }
+            "server/discover" => json_reply(200, result_envelope(id, &state.pre.discover)),
             "tools/list" => match page(state, params.cursor.as_deref(), true) {
-                Some(p) => {
-                    let b = result_envelope(id, p);
-                    send_json(sock, out, 200, &b, None, ka).await
-                }
-                None => send_error(sock, out, 200, id, -32602, "invalid cursor", None, ka).await,
+                Some(p) => json_reply(200, result_envelope(id, p)),
+                None => error_reply(200, id, -32602, "invalid cursor"),
             },
-            "tools/call" => {
-                call(
-                    state,
-                    id,
-                    params.name.as_deref(),
-                    meta.progress_token,
-                    true,
-                    sock,
-                    out,
-                    rng,
-                    ka,
-                )
-                .await
-            }
-            _ => send_error(sock, out, 404, id, -32601, "method not found", None, ka).await,
+            "tools/call" => call(true),
+            _ => error_reply(404, id, -32601, "method not found"),
         };
     }
     // Legacy era.
@@ -879,58 +943,75 @@ async fn handle(
         result.extend_from_slice(version.as_bytes());
         result.push(b'"');
         result.extend_from_slice(&state.pre.init_tail);
-        let b = result_envelope(id, &result);
-        return send_json(sock, out, 200, &b, Some(&sid), ka).await;
+        return Reply::Json {
+            status: 200,
+            body: result_envelope(id, &result),
+            session: Some(sid),
+        };
     }
     match req.session {
         Some(s) if !state.session_alive(s) => {
-            return send_error(sock, out, 404, id, -32001, "session not found", None, ka).await;
+            return error_reply(404, id, -32001, "session not found");
         }
         None if state.cfg.require_session => {
-            return send_error(
-                sock,
-                out,
-                400,
-                id,
-                -32600,
-                "missing Mcp-Session-Id",
-                None,
-                ka,
-            )
-            .await;
+            return error_reply(400, id, -32600, "missing Mcp-Session-Id");
         }
         _ => {}
     }
     if method.starts_with("notifications/") || id.is_none() {
-        return send_status(sock, out, 202, ka).await;
+        return Reply::Status(202);
     }
     match method {
-        "ping" => {
-            let b = result_envelope(id, b"{}");
-            send_json(sock, out, 200, &b, None, ka).await
-        }
+        "ping" => json_reply(200, result_envelope(id, b"{}")),
         "tools/list" => match page(state, params.cursor.as_deref(), false) {
-            Some(p) => {
-                let b = result_envelope(id, p);
-                send_json(sock, out, 200, &b, None, ka).await
-            }
-            None => send_error(sock, out, 200, id, -32602, "invalid cursor", None, ka).await,
+            Some(p) => json_reply(200, result_envelope(id, p)),
+            None => error_reply(200, id, -32602, "invalid cursor"),
         },
-        "tools/call" => {
-            call(
-                state,
-                id,
-                params.name.as_deref(),
-                meta.progress_token,
-                false,
-                sock,
-                out,
-                rng,
-                ka,
-            )
-            .await
-        }
-        _ => send_error(sock, out, 200, id, -32601, "method not found", None, ka).await,
+        "tools/call" => call(false),
+        _ => error_reply(200, id, -32601, "method not found"),
+    }
+}
+
+/// The JSON-RPC response to a successful `tools/call`.
+fn call_result(state: &State, id: Option<&RawValue>, modern: bool) -> Vec<u8> {
+    let result = if modern {
+        &state.pre.call_modern
+    } else {
+        &state.pre.call_legacy
+    };
+    result_envelope(id, result)
+}
+
+/// True when the mock's call path needs the tokio engine's timers or SSE framing: a stall,
+/// a non-zero service time, SSE answers or progress notifications.
+fn needs_tokio(cfg: &MockConfig) -> bool {
+    !cfg.stall.is_zero()
+        || cfg.service_time != ServiceTime::Zero
+        || cfg.sse
+        || cfg.progress_count > 0
+}
+
+async fn handle(
+    state: &State,
+    req: Req<'_>,
+    sock: &mut TcpStream,
+    out: &mut Vec<u8>,
+    rng: &mut u64,
+) -> Next {
+    let ka = req.keep_alive;
+    match route(state, &req) {
+        Reply::Status(s) => send_status(sock, out, s, ka).await,
+        Reply::Json {
+            status,
+            body,
+            session,
+        } => send_json(sock, out, status, &body, session.as_deref(), ka).await,
+        Reply::Call {
+            id,
+            progress,
+            modern,
+        } => call(state, id, progress, modern, sock, out, rng, ka).await,
+        Reply::Stream => get_stream(state, sock, out).await,
     }
 }
 
@@ -966,7 +1047,6 @@ fn tool_index(name: &str) -> Option<usize> {
 async fn call(
     state: &State,
     id: Option<&RawValue>,
-    name: Option<&str>,
     progress: Option<&RawValue>,
     modern: bool,
     sock: &mut TcpStream,
@@ -974,28 +1054,17 @@ async fn call(
     rng: &mut u64,
     ka: bool,
 ) -> Next {
-    if name
-        .and_then(tool_index)
-        .is_none_or(|i| i >= state.cfg.tool_count)
-    {
-        return send_error(sock, out, 200, id, -32602, "unknown tool", None, ka).await;
-    }
     let arrived = Instant::now();
     if let Some(until) = state.stall_until() {
         state.timer.sleep_until(until).await;
     }
     let service = state.cfg.service_time.sample(rng);
-    let result = if modern {
-        &state.pre.call_modern
-    } else {
-        &state.pre.call_legacy
-    };
     let progress = progress.filter(|_| state.cfg.progress_count > 0);
     if !state.cfg.sse && progress.is_none() {
         if !service.is_zero() {
             state.timer.sleep_until(arrived + service).await;
         }
-        let b = result_envelope(id, result);
+        let b = call_result(state, id, modern);
         let r = send_json(sock, out, 200, &b, None, ka).await;
         state.stats.calls.fetch_add(1, Ordering::Relaxed);
         return r;
@@ -1040,7 +1109,7 @@ async fn call(
         }
         state.timer.sleep_until(arrived + service).await;
     }
-    let b = result_envelope(id, result);
+    let b = call_result(state, id, modern);
     wire::write_sse_chunk(out, &[&b]);
     wire::write_last_chunk(out);
     state.stats.calls.fetch_add(1, Ordering::Relaxed);
@@ -1050,13 +1119,7 @@ async fn call(
     Next::KeepGoing
 }
 
-async fn get_stream(state: &State, req: Req<'_>, sock: &mut TcpStream, out: &mut Vec<u8>) -> Next {
-    let ka = req.keep_alive;
-    match req.session {
-        Some(s) if !state.session_alive(s) => return send_status(sock, out, 404, ka).await,
-        None if state.cfg.require_session => return send_status(sock, out, 400, ka).await,
-        _ => {}
-    }
+async fn get_stream(state: &State, sock: &mut TcpStream, out: &mut Vec<u8>) -> Next {
     out.clear();
     wire::write_head(out, 200, BodyKind::Sse, None, true);
     // A comment first so the client sees the stream open even before the first notification.

@@ -183,3 +183,47 @@ async fn stream_churn_and_modern_scenarios() {
     let s = rep.metric("call")[0];
     assert!(s.ok >= 80 && s.error_total == 0, "{} {:?}", s.ok, s.errors);
 }
+
+/// The monoio engine serves a closed-loop call run, the legacy session lifecycle around it
+/// (initialize, calls, DELETE) and GET streams, without a single error.
+#[tokio::test(flavor = "multi_thread", worker_threads = 1)]
+async fn monoio_engine_closed_loop_calls_and_streams() {
+    use loadtest::mock::Engine;
+    let mock = MockServer::start(MockConfig {
+        engine: Engine::Monoio,
+        notify_interval: Duration::from_millis(50),
+        ..MockConfig::default()
+    })
+    .unwrap();
+    assert_eq!(mock.engine(), Engine::Monoio);
+    let calls = RunConfig {
+        sessions: 8,
+        rate: None,
+        duration: Duration::from_secs(1),
+        ..quiet(vec![mock.url()])
+    };
+    let rep = run(&calls).await.unwrap();
+    let s = rep.metric("call")[0];
+    assert_eq!(s.error_total, 0, "{:?}", s.errors);
+    assert!(s.ok >= 100, "only {} calls", s.ok);
+    let stream = RunConfig {
+        scenario: Scenario::Stream,
+        streams: 8,
+        duration: Duration::from_secs(1),
+        ..quiet(vec![mock.url()])
+    };
+    let rep = run(&stream).await.unwrap();
+    let s = rep.metric("delivery")[0];
+    assert!(s.ok >= 80, "{} notifications", s.ok);
+    assert_eq!(s.error_total, 0, "{:?}", s.errors);
+    mock.shutdown();
+
+    // Options the monoio engine does not implement fall back to tokio.
+    let slow = MockServer::start(MockConfig {
+        engine: Engine::Monoio,
+        service_time: ServiceTime::Fixed(Duration::from_millis(1)),
+        ..MockConfig::default()
+    })
+    .unwrap();
+    assert_eq!(slow.engine(), Engine::Tokio);
+}
