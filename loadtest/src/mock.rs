@@ -1123,7 +1123,7 @@ async fn get_stream(state: &State, sock: &mut TcpStream, out: &mut Vec<u8>) -> N
     out.clear();
     wire::write_head(out, 200, BodyKind::Sse, None, true);
     // A comment first so the client sees the stream open even before the first notification.
-    out.extend_from_slice(b"4\r\n:\n\n\r\n");
+    out.extend_from_slice(b"3\r\n:\n\n\r\n");
     if sock.write_all(out).await.is_err() {
         return Next::Close;
     }
