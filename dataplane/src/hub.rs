@@ -241,8 +241,9 @@ pub async fn ensure_upstream(
     open_upstream(w, session, u).await
 }
 
-/// Opens a fresh upstream session for `session` on `u` (replacing any old one), replays the
-/// client's log level and subscriptions on it, and records it.
+/// Opens a fresh upstream session for `session` on `u`, replays the client's log level and
+/// subscriptions on it, and records it. To replace a dead session, clear its slot first; when
+/// two requests race to open one, the first recorded wins and the other is deleted.
 ///
 /// # Errors
 /// As [`ensure_upstream`].
@@ -300,23 +301,23 @@ pub async fn open_upstream(
             tracing::warn!(upstream = %up.name, %uri, error = %e, "replaying a subscription failed");
         }
     }
+    // Callers clear the slot before re-opening a dead session, so a filled slot means another
+    // request (possibly on another worker) opened a fresh session meanwhile: keep that one, which
+    // may already carry calls, and delete ours.
     let (kept, loser) = {
         let mut st = session.state.lock();
-        let slot = &mut st.upstreams[u];
-        match slot {
-            // Another request opened one meanwhile (possibly on another worker): keep the
-            // newer generation only if ours replaces a dead one.
-            Some(existing) if existing.generation > us.generation => (existing.clone(), Some(us)),
-            _ => {
-                let old = slot.replace(us.clone());
+        match &st.upstreams[u] {
+            Some(existing) => (existing.clone(), Some(us)),
+            None => {
+                st.upstreams[u] = Some(us.clone());
                 st.lists.invalidate_upstream(u);
-                (us, old)
+                (us, None)
             }
         }
     };
-    if let Some(old) = loser {
-        if old.sid != kept.sid {
-            upstream::delete(&w.pool, up, &old).await;
+    if let Some(ours) = loser {
+        if ours.sid != kept.sid {
+            upstream::delete(&w.pool, up, &ours).await;
         }
     }
     session.changed.notify_waiters();

@@ -1238,10 +1238,25 @@ async fn standalone_stream(
     while em.client_ok && !session.is_closed() && session.state.lock().get_stream_gen == my_gen {
         session.touch();
         for u in 0..n {
-            let us = session.state.lock().upstreams[u].clone();
-            let Some(us) = us else { continue };
-            if attached[u] == Some(us.generation) || Instant::now() < retry_at[u] || !w.hub.is_up(u)
-            {
+            if Instant::now() < retry_at[u] || !w.hub.is_up(u) {
+                continue;
+            }
+            let existing = session.state.lock().upstreams[u].clone();
+            // A client that opens its GET stream wants every upstream's own messages (logs,
+            // list_changed, resource updates), so the upstream sessions open now if they have not
+            // yet been opened by a request.
+            let us = match existing {
+                Some(us) => us,
+                None => match ensure_upstream(w, session, u).await {
+                    Ok(us) => us,
+                    Err(e) => {
+                        tracing::debug!(error = %e, "upstream session for a GET stream not opened; retrying later");
+                        retry_at[u] = Instant::now() + Duration::from_secs(1);
+                        continue;
+                    }
+                },
+            };
+            if attached[u] == Some(us.generation) {
                 continue;
             }
             match upstream::get_stream(&w.pool, w.upstream(u), &us, None).await {

@@ -93,3 +93,32 @@ async fn ops(w: &Worker, conn: &mut ServerConn<TcpStream>, req: &h1::Request) ->
         .is_ok()
         && keep
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// The per-connection future is allocated once per client connection (every open stream
+    /// holds one), so its size is part of the hub's memory per stream.
+    #[test]
+    fn connection_future_size() {
+        let mut rt = monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap();
+        rt.block_on(async {
+            let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+            let addr = l.local_addr().unwrap();
+            let stream = monoio::net::TcpStream::connect(addr).await.unwrap();
+            let cfg = crate::config::HubConfig::empty();
+            let snap = crate::config::Snapshot::from_config(&cfg).unwrap();
+            let hub = crate::hub::Hub::new(std::sync::Arc::new(snap));
+            let w = Rc::new(Worker::new(hub, 0));
+            let fut = serve(w, stream, true);
+            let size = std::mem::size_of_val(&fut);
+            println!("serve() future: {size} bytes");
+            // Measured 6.9 KiB (debug build); a jump past 16 KiB means a state machine grew.
+            assert!(size < 16 * 1024, "{size}");
+        });
+    }
+}

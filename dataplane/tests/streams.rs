@@ -230,3 +230,35 @@ fn upstream_that_forgets_the_session_is_reinitialized() {
             >= 1
     );
 }
+
+#[test]
+fn get_stream_and_first_call_racing_share_one_upstream_session() {
+    let mock = MockServer::start(MockConfig::default()).unwrap();
+    let hub = start_hub(
+        &format!(
+            "listen: 127.0.0.1:0\nworkers: 2\nupstreams:\n  - name: mock\n    url: {}\n",
+            mock.url()
+        ),
+        "auto",
+    );
+    for round in 0..20 {
+        let sid = initialize(&hub, "2025-11-25");
+        // The GET stream opens the upstream session while the call opens it too.
+        let _get = sse_request(&hub, "GET", &sid, "", "");
+        let m = call_tool(&hub, &sid, "mock__tool_0", "{}");
+        assert!(m["result"].is_object(), "round {round}: {m}");
+    }
+    let created = mock
+        .stats()
+        .sessions_created
+        .load(std::sync::atomic::Ordering::Relaxed);
+    let deleted = mock
+        .stats()
+        .sessions_deleted
+        .load(std::sync::atomic::Ordering::Relaxed);
+    // Each round keeps exactly one upstream session; any duplicate opened by the race is deleted.
+    assert!(
+        created - deleted <= 21,
+        "created {created}, deleted {deleted}"
+    );
+}

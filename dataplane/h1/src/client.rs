@@ -25,8 +25,12 @@ use crate::wire;
 const MAX_RESPONSE_HEAD_BYTES: usize = 64 * 1024;
 /// Most response header fields accepted.
 const MAX_RESPONSE_HEADERS: usize = 128;
-/// Spare room requested from the read buffer per read.
-const READ_SPARE: usize = 16 * 1024;
+/// Spare room requested from the read buffer per read while waiting for a head or the next piece
+/// of a stream. Small on purpose: with io_uring a pending read pins its buffer, and a hub holds one
+/// idle upstream SSE read per open client stream.
+const READ_SPARE: usize = 4 * 1024;
+/// Largest spare room requested for a body whose remaining length is known.
+const BODY_READ_SPARE: usize = 64 * 1024;
 
 /// Why a request/response exchange failed. After any error the connection is not reusable.
 #[derive(Debug, thiserror::Error)]
@@ -356,7 +360,13 @@ impl ClientConn {
                     }
                 }
             }
-            let n = read_more(&mut self.io, &mut self.rbuf, READ_SPARE).await?;
+            let spare = match &self.body {
+                BodyState::Length(rem) => usize::try_from(*rem)
+                    .unwrap_or(BODY_READ_SPARE)
+                    .clamp(READ_SPARE, BODY_READ_SPARE),
+                _ => READ_SPARE,
+            };
+            let n = read_more(&mut self.io, &mut self.rbuf, spare).await?;
             if n == 0 {
                 if matches!(self.body, BodyState::UntilClose) {
                     self.body = BodyState::Done;
