@@ -99,6 +99,12 @@ fn main() -> anyhow::Result<()> {
     if snap.upstreams.is_empty() {
         tracing::warn!("no upstreams configured: the hub will serve empty lists");
     }
+    // Every open stream holds two sockets (client and upstream): take all the descriptors the
+    // hard limit allows, and say how many that is.
+    match rlimit::increase_nofile_limit(u64::MAX) {
+        Ok(n) => tracing::info!(open_files = n, "open-file limit (each open stream uses 2)"),
+        Err(e) => tracing::warn!(error = %e, "could not raise the open-file limit"),
+    }
     let running = dataplane::start(snap).context("starting the hub")?;
     println!(
         "meshgate listening on http://{}{}",
