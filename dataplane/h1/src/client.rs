@@ -18,7 +18,7 @@ use monoio::net::TcpStream;
 
 use crate::chunked::{Chunk, ChunkedDecoder};
 use crate::headers::Headers;
-use crate::io::{read_more, write_buf};
+use crate::io::{read_more, write_buf, BodyJoin};
 use crate::wire;
 
 /// Largest response head accepted.
@@ -410,24 +410,11 @@ impl ClientConn {
             self.body = BodyState::Done;
             return Ok(self.rbuf.split_to(n).freeze());
         }
-        let mut first: Option<Bytes> = None;
-        let mut joined = BytesMut::new();
-        let mut total = 0usize;
+        let mut body = BodyJoin::default();
         while let Some(d) = self.next_piece().await? {
-            total += d.len();
-            if total > max {
-                return Err(ClientError::BodyTooLarge);
-            }
-            if let Some(f) = first.take() {
-                joined.extend_from_slice(&f);
-                joined.extend_from_slice(&d);
-            } else if joined.is_empty() {
-                first = Some(d);
-            } else {
-                joined.extend_from_slice(&d);
-            }
+            body.push(d, max).map_err(|()| ClientError::BodyTooLarge)?;
         }
-        Ok(first.unwrap_or_else(|| joined.freeze()))
+        Ok(body.finish())
     }
 }
 

@@ -5,7 +5,7 @@
 //! takes buffers by value). If the future is dropped mid-call the slot is left empty; the
 //! callers treat such a connection as poisoned and never reuse it.
 
-use bytes::BytesMut;
+use bytes::{Bytes, BytesMut};
 use monoio::buf::IoBufMut;
 use monoio::io::{AsyncReadRent, AsyncWriteRent, AsyncWriteRentExt};
 
@@ -43,4 +43,37 @@ pub(crate) async fn write_buf<S: AsyncWriteRent>(
     }
     res?;
     io.flush().await
+}
+
+/// Joins the pieces of a body up to a size cap; a body that arrives in one piece is returned
+/// without a copy.
+#[derive(Default)]
+pub(crate) struct BodyJoin {
+    first: Option<Bytes>,
+    joined: BytesMut,
+    total: usize,
+}
+
+impl BodyJoin {
+    /// Adds a piece; `Err(())` once the total passes `max`.
+    pub(crate) fn push(&mut self, piece: Bytes, max: usize) -> Result<(), ()> {
+        self.total += piece.len();
+        if self.total > max {
+            return Err(());
+        }
+        if let Some(f) = self.first.take() {
+            self.joined.extend_from_slice(&f);
+            self.joined.extend_from_slice(&piece);
+        } else if self.joined.is_empty() {
+            self.first = Some(piece);
+        } else {
+            self.joined.extend_from_slice(&piece);
+        }
+        Ok(())
+    }
+
+    /// The whole body.
+    pub(crate) fn finish(self) -> Bytes {
+        self.first.unwrap_or_else(|| self.joined.freeze())
+    }
 }

@@ -21,7 +21,7 @@ use monoio::time::Instant;
 
 use crate::chunked::{Chunk, ChunkedDecoder};
 use crate::headers::{Headers, Method};
-use crate::io::{read_more, write_buf};
+use crate::io::{read_more, write_buf, BodyJoin};
 use crate::wire;
 
 /// Header slots parsed on the stack; a larger `max_headers` uses a heap array.
@@ -397,30 +397,17 @@ impl<S: AsyncReadRent + AsyncWriteRent> ServerConn<S> {
             Framing::Chunked => {
                 let mut dec = ChunkedDecoder::new(self.limits.max_head_bytes);
                 // A body sent as one chunk is handed out without copying.
-                let mut first: Option<Bytes> = None;
-                let mut joined = BytesMut::new();
-                let mut total = 0usize;
+                let mut body = BodyJoin::default();
                 loop {
                     match dec.decode(&mut self.rbuf).map_err(ServerError::Malformed)? {
                         Chunk::Data(d) => {
-                            total += d.len();
-                            if total > max {
-                                return Err(ServerError::BodyTooLarge);
-                            }
-                            if let Some(f) = first.take() {
-                                joined.extend_from_slice(&f);
-                                joined.extend_from_slice(&d);
-                            } else if joined.is_empty() {
-                                first = Some(d);
-                            } else {
-                                joined.extend_from_slice(&d);
-                            }
+                            body.push(d, max).map_err(|()| ServerError::BodyTooLarge)?;
                         }
                         Chunk::NeedMore => self.read_body_bytes(deadline, BODY_READ_SPARE).await?,
                         Chunk::Done => break,
                     }
                 }
-                Ok(first.unwrap_or_else(|| joined.freeze()))
+                Ok(body.finish())
             }
         }
     }

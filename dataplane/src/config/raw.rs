@@ -80,14 +80,17 @@ pub struct LimitsConfig {
 }
 
 impl Default for LimitsConfig {
+    /// The codec's own defaults: 16 KiB head, 64 headers, 4 MiB body, 10 s head, 30 s body,
+    /// 60 s idle.
     fn default() -> Self {
+        let l = h1::Limits::default();
         Self {
-            max_head_bytes: 16 * 1024,
-            max_headers: 64,
-            max_body_bytes: 4 * 1024 * 1024,
-            head_timeout: Duration::from_secs(10),
-            body_timeout: Duration::from_secs(30),
-            idle_timeout: Duration::from_secs(60),
+            max_head_bytes: l.max_head_bytes,
+            max_headers: l.max_headers,
+            max_body_bytes: l.max_body_bytes,
+            head_timeout: l.head_timeout,
+            body_timeout: l.body_timeout,
+            idle_timeout: l.idle_timeout,
         }
     }
 }
