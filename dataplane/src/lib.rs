@@ -23,6 +23,7 @@ pub mod hub;
 pub mod mcp;
 pub mod metrics;
 pub mod preflight;
+pub mod ring;
 pub mod server;
 pub mod session;
 pub mod upstream;
