@@ -4,7 +4,7 @@
 //! The request path, one module per step (DESIGN.md §4):
 //! 1. [`server`] reads requests with the `h1` codec (limits, timeouts);
 //! 2. [`admit`] checks Origin/Host and media types;
-//! 3. [`mcp_wire::peek`] reads method, id, name/uri without decoding the body;
+//! 3. [`mcp_wire::peek()`] reads method, id, name/uri without decoding the body;
 //! 4. [`session`] finds the session (`initialize` creates it);
 //! 5. [`mcp`] answers what the hub owns and routes the rest, using [`federation`] for merged
 //!    lists and name/URI mapping;
@@ -13,6 +13,10 @@
 //!
 //! [`error::ProxyError`] is the one error type; [`metrics`] counts everything; [`config`] is
 //! the validated snapshot every worker reads; [`worker`] runs the threads.
+//!
+//! Off the request path: [`preflight`] refuses to start on unprefixed name collisions;
+//! [`demo`] holds the two example servers of `meshgate --demo`; [`ring`] is the bounded-load
+//! consistent-hash ring that step 7 (`affinity`) will use for upstream and hub replicas.
 
 pub mod admit;
 pub mod config;

@@ -1,6 +1,6 @@
 //! The MCP endpoint (legacy era, 2025-03-26 … 2025-11-25): POST, GET and DELETE on `/mcp`.
 //!
-//! One POST runs the request path top to bottom: media-type checks, [`mcp_wire::peek`], the
+//! One POST runs the request path top to bottom: media-type checks, [`mcp_wire::peek()`], the
 //! session (created only by `initialize`), then either an answer the hub owns (`initialize`,
 //! `ping`, merged lists, `logging/setLevel` fan-out) or a route to one upstream (`tools/call`,
 //! `prompts/get`, `resources/*`, `completion/complete`) whose answer is forwarded as JSON or as a

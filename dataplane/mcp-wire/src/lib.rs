@@ -1,7 +1,7 @@
 //! `mcp-wire`: the runtime-free wire vocabulary shared by every meshgate crate.
 //!
 //! - [`jsonrpc`]: JSON-RPC 2.0 error codes and the one function that renders an error object.
-//! - [`peek`]: reads only what routing needs (method, id, `params.name`/`params.uri`,
+//! - [`peek`](mod@peek): reads only what routing needs (method, id, `params.name`/`params.uri`,
 //!   `_meta.progressToken`) from the raw request bytes, borrowing from them; the body itself is
 //!   forwarded untouched.
 //! - [`mcp`]: protocol revisions, eras and method names.
