@@ -242,8 +242,9 @@ pub async fn ensure_upstream(
 }
 
 /// Opens a fresh upstream session for `session` on `u`, replays the client's log level and
-/// subscriptions on it, and records it. To replace a dead session, clear its slot first; when
-/// two requests race to open one, the first recorded wins and the other is deleted.
+/// subscriptions on it, and records it. To replace a dead session, clear its slot first. One
+/// opening at a time per (session, upstream): a request that finds one under way waits for it
+/// and shares its result.
 ///
 /// # Errors
 /// As [`ensure_upstream`].
@@ -253,6 +254,35 @@ pub async fn open_upstream(
     u: usize,
 ) -> Result<UpstreamSession, ProxyError> {
     let up = w.upstream(u);
+    // Single flight: while one request (on any worker) opens this upstream session, the
+    // others wait for it instead of opening a second one.
+    let _opening = loop {
+        let notified = session.changed.notified();
+        let mut notified = std::pin::pin!(notified);
+        notified.as_mut().enable();
+        {
+            let mut st = session.state.lock();
+            if let Some(us) = st.upstreams[u].clone() {
+                return Ok(us);
+            }
+            if !st.opening[u] {
+                st.opening[u] = true;
+                break OpeningGuard { session, u };
+            }
+        }
+        if monoio::time::timeout(up.request_timeout, notified)
+            .await
+            .is_err()
+        {
+            return Err(ProxyError::new(
+                ErrorKind::UpstreamTimeout,
+                format!(
+                    "upstream '{}' did not finish its handshake within {:?}",
+                    up.name, up.request_timeout
+                ),
+            ));
+        }
+    };
     if !w.hub.is_up(u) {
         return Err(ProxyError::new(
             ErrorKind::UpstreamUnavailable,
@@ -301,27 +331,26 @@ pub async fn open_upstream(
             tracing::warn!(upstream = %up.name, %uri, error = %e, "replaying a subscription failed");
         }
     }
-    // Callers clear the slot before re-opening a dead session, so a filled slot means another
-    // request (possibly on another worker) opened a fresh session meanwhile: keep that one, which
-    // may already carry calls, and delete ours.
-    let (kept, loser) = {
+    {
         let mut st = session.state.lock();
-        match &st.upstreams[u] {
-            Some(existing) => (existing.clone(), Some(us)),
-            None => {
-                st.upstreams[u] = Some(us.clone());
-                st.lists.invalidate_upstream(u);
-                (us, None)
-            }
-        }
-    };
-    if let Some(ours) = loser {
-        if ours.sid != kept.sid {
-            upstream::delete(&w.pool, up, &ours).await;
-        }
+        st.upstreams[u] = Some(us.clone());
+        st.lists.invalidate_upstream(u);
     }
-    session.changed.notify_waiters();
-    Ok(kept)
+    Ok(us)
+}
+
+/// Clears a session's "opening" mark for one upstream and wakes the requests waiting on it,
+/// however the opening ends (recorded, failed, or its request dropped).
+struct OpeningGuard<'a> {
+    session: &'a Session,
+    u: usize,
+}
+
+impl Drop for OpeningGuard<'_> {
+    fn drop(&mut self) {
+        self.session.state.lock().opening[self.u] = false;
+        self.session.changed.notify_waiters();
+    }
 }
 
 /// Deletes every upstream session of a client session (DELETE, expiry).

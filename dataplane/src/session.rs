@@ -122,6 +122,8 @@ pub struct PendingRequest {
 pub struct SessionState {
     /// Upstream sessions by upstream index.
     pub upstreams: Vec<Option<UpstreamSession>>,
+    /// Upstreams whose session is being opened right now (single flight: others wait).
+    pub opening: Vec<bool>,
     /// Last `logging/setLevel` level, replayed on new upstream sessions.
     pub log_level: Option<String>,
     /// Resource subscriptions `(upstream, uri)`, replayed on new upstream sessions.
@@ -170,6 +172,7 @@ impl Session {
     ) -> Arc<Self> {
         let state = SessionState {
             upstreams: vec![None; upstreams],
+            opening: vec![false; upstreams],
             lists: Lists::new(upstreams),
             ..SessionState::default()
         };
