@@ -1,0 +1,2 @@
+//! `meshgate-edge` (not built yet).
+fn main() {}
