@@ -1,8 +1,22 @@
-//! `meshgate-edge`: will run on edge boxes, supervise local stdio MCP servers (spawn, restart with
-//! backoff, idle reap, process-group kill), offer built-in device tools, and reach the hub through
-//! an outbound-only QUIC tunnel with a TLS-over-TCP fallback (DESIGN.md §7).
+//! `meshgate-edge`: runs on an edge box, supervises local stdio MCP servers, offers built-in
+//! device tools and local HTTP MCP servers, and serves them all as one Streamable HTTP surface
+//! reachable only through the outbound tunnel to the hub (DESIGN.md §7).
 //!
-//! Not built yet; this crate exists so the workspace layout is fixed.
+//! Path of a hub request: the tunnel (`meshgate-tunnel`) accepts a hub-opened stream and calls
+//! [`Surface`] → [`surface`] routes `/mcp/<server>` and owns the agent sessions ([`session`]) →
+//! the backend: [`device`] (in-process tools), [`stdio`] (shared / per-session supervised
+//! processes, each driven by a [`mux`] over [`supervisor`]-spawned children) or [`httpproxy`]
+//! (local HTTP servers). Replies are built by [`body`]. [`config`] parses `edge.yaml`.
 
-/// The tunnel protocol version the agent will announce in its hello frame.
-pub const TUNNEL_PROTOCOL_VERSION: u32 = 0;
+pub mod body;
+pub mod config;
+pub mod device;
+pub mod httpproxy;
+pub(crate) mod mux;
+pub mod session;
+pub mod stdio;
+pub mod supervisor;
+pub mod surface;
+
+pub use config::EdgeConfig;
+pub use surface::{serve_tcp, Surface};

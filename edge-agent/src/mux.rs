@@ -1,0 +1,518 @@
+//! One running stdio MCP server process and the multiplexer in front of it.
+//!
+//! A [`Mux`] owns one child (spawned by [`crate::supervisor`]), writes newline-delimited JSON-RPC
+//! to its stdin and routes every line it prints:
+//! - responses go back to the waiting caller, with the agent-unique request id swapped back to the
+//!   session's own id;
+//! - `notifications/progress` go to the stream of the request whose (rewritten, agent-unique)
+//!   `progressToken` they carry, token restored;
+//! - server→client requests (sampling, elicitation, roots) go to the session with a request in
+//!   flight on this child (the most recent one if several), with their id rewritten so the
+//!   client's answer ([`Mux::respond`]) finds its way back; with no session at hand the agent
+//!   answers itself (`roots/list` → no roots, otherwise an error);
+//! - log messages go to the most recent in-flight request, other notifications (list_changed,
+//!   resources/updated) to every attached session's GET stream.
+//!
+//! The agent initializes the child once ([`Mux::start`]); sessions get the cached
+//! `InitializeResult`. Shared mode attaches many sessions to one `Mux`; per-session mode one.
+//! When the child exits every in-flight call fails at once with "stdio server 'x' exited (...)".
+
+use std::collections::{BTreeMap, HashMap};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, Weak};
+use std::time::{Duration, Instant};
+
+use serde_json::{json, Value};
+use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
+use tokio::sync::{mpsc, oneshot, watch};
+
+use crate::body::Sink;
+use crate::config::StdioConfig;
+use crate::session::{lock, Session};
+use crate::supervisor;
+
+/// How a multiplexed call failed.
+#[derive(Debug, Clone)]
+pub(crate) enum CallError {
+    /// The child exited (message names the server and status) or could not be written to.
+    Exited(String),
+    /// The client cancelled the request (`notifications/cancelled`): no response is sent.
+    Cancelled,
+}
+
+struct Pending {
+    session: Option<Weak<Session>>,
+    session_id: Option<String>,
+    orig_id: Value,
+    sink: Option<Sink>,
+    done: oneshot::Sender<Value>,
+    token: Option<(String, Value)>,
+}
+
+#[derive(Default)]
+struct State {
+    /// Keyed by agent request id; ascending = call order, so the last entry is the most recent.
+    pending: BTreeMap<u64, Pending>,
+    /// Agent progress token → agent request id.
+    tokens: HashMap<String, u64>,
+    /// Agent server→client request id → (child's id, session it was sent to).
+    s2c: HashMap<String, (Value, Weak<Session>)>,
+    sessions: HashMap<String, Weak<Session>>,
+    last_caller: Option<Weak<Session>>,
+    exited: Option<String>,
+}
+
+/// One child process and its multiplexer.
+pub(crate) struct Mux {
+    name: Arc<str>,
+    /// The child's pid (and process group id).
+    pub(crate) pid: i32,
+    out: mpsc::UnboundedSender<Vec<u8>>,
+    next: AtomicU64,
+    st: Mutex<State>,
+    exit: watch::Receiver<Option<String>>,
+    init: Mutex<Option<Value>>,
+    /// When the process was spawned.
+    pub(crate) started: Instant,
+}
+
+impl std::fmt::Debug for Mux {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Mux")
+            .field("name", &self.name)
+            .field("pid", &self.pid)
+            .finish_non_exhaustive()
+    }
+}
+
+impl Drop for Mux {
+    fn drop(&mut self) {
+        // Nobody can reach this process any more.
+        supervisor::kill_group(self.pid);
+    }
+}
+
+static S2C_IDS: AtomicU64 = AtomicU64::new(1);
+
+impl Mux {
+    /// Spawns the child and performs the agent's own `initialize` handshake (bounded by
+    /// `init_timeout`). Errors name the reason.
+    pub(crate) async fn start(
+        name: Arc<str>,
+        cfg: &StdioConfig,
+        init_timeout: Duration,
+    ) -> Result<Arc<Mux>, String> {
+        let sp = supervisor::spawn(&name, cfg)?;
+        let supervisor::Spawned {
+            mut child,
+            pid,
+            mut stdin,
+            stdout,
+        } = sp;
+        let (out_tx, mut out_rx) = mpsc::unbounded_channel::<Vec<u8>>();
+        tokio::spawn(async move {
+            while let Some(line) = out_rx.recv().await {
+                if stdin.write_all(&line).await.is_err() || stdin.flush().await.is_err() {
+                    break;
+                }
+            }
+        });
+        let (exit_tx, exit_rx) = watch::channel(None);
+        let mux = Arc::new(Mux {
+            name: name.clone(),
+            pid,
+            out: out_tx,
+            next: AtomicU64::new(1),
+            st: Mutex::new(State::default()),
+            exit: exit_rx,
+            init: Mutex::new(None),
+            started: Instant::now(),
+        });
+        let weak = Arc::downgrade(&mux);
+        let tag = name.clone();
+        tokio::spawn(async move {
+            let name = tag;
+            let mut lines = BufReader::new(stdout).lines();
+            loop {
+                match lines.next_line().await {
+                    Ok(Some(line)) => {
+                        let Some(m) = weak.upgrade() else { break };
+                        if line.trim().is_empty() {
+                            continue;
+                        }
+                        match serde_json::from_str::<Value>(&line) {
+                            Ok(v) => m.on_message(v),
+                            Err(e) => {
+                                tracing::warn!(server = %m.name, "non-JSON line on stdout ({e}): {line}")
+                            }
+                        }
+                    }
+                    Ok(None) | Err(_) => break,
+                }
+            }
+            // stdout closed: the child is exiting (or was killed); make sure and reap it.
+            supervisor::kill_group(pid);
+            let status = match tokio::time::timeout(Duration::from_secs(5), child.wait()).await {
+                Ok(Ok(s)) => s.to_string(),
+                Ok(Err(e)) => format!("wait failed: {e}"),
+                Err(_) => "did not exit".to_owned(),
+            };
+            supervisor::release_group(pid);
+            let msg = format!("stdio server '{name}' exited ({status})");
+            tracing::warn!(server = %name, pid, "{msg}");
+            if let Some(m) = weak.upgrade() {
+                m.fail_all(&msg);
+            }
+            let _ = exit_tx.send(Some(msg));
+        });
+        let req = json!({
+            "jsonrpc": "2.0",
+            "id": 0,
+            "method": "initialize",
+            "params": {
+                "protocolVersion": mcp_wire::mcp::V2025_11_25,
+                "capabilities": {"roots": {"listChanged": true}, "sampling": {}, "elicitation": {}},
+                "clientInfo": {"name": "meshgate-edge", "version": env!("CARGO_PKG_VERSION")},
+            }
+        });
+        let resp = match tokio::time::timeout(init_timeout, mux.call(None, req, None)).await {
+            Ok(Ok(r)) => r,
+            Ok(Err(CallError::Exited(e))) => return Err(format!("initialize failed: {e}")),
+            Ok(Err(CallError::Cancelled)) => return Err("initialize was cancelled".to_owned()),
+            Err(_) => {
+                return Err(format!(
+                    "stdio server '{name}' did not answer initialize within {init_timeout:?}"
+                ))
+            }
+        };
+        let Some(result) = resp.get("result").cloned() else {
+            return Err(format!(
+                "stdio server '{name}' rejected initialize: {}",
+                resp.get("error").cloned().unwrap_or(Value::Null)
+            ));
+        };
+        *lock(&mux.init) = Some(result);
+        mux.write(&json!({"jsonrpc": "2.0", "method": mcp_wire::mcp::method::INITIALIZED}));
+        Ok(mux)
+    }
+
+    /// The child's cached `InitializeResult`.
+    pub(crate) fn init_result(&self) -> Value {
+        lock(&self.init).clone().unwrap_or_else(|| json!({}))
+    }
+
+    /// Whether the child is still running.
+    pub(crate) fn is_alive(&self) -> bool {
+        self.exit.borrow().is_none()
+    }
+
+    /// Resolves when the child has exited, with the exit message.
+    pub(crate) async fn exited(&self) -> String {
+        let mut rx = self.exit.clone();
+        loop {
+            if let Some(m) = rx.borrow_and_update().clone() {
+                return m;
+            }
+            if rx.changed().await.is_err() {
+                return format!("stdio server '{}' exited", self.name);
+            }
+        }
+    }
+
+    /// Kills the child's process group.
+    pub(crate) fn kill(&self) {
+        supervisor::kill_group(self.pid);
+    }
+
+    /// Number of sessions attached.
+    pub(crate) fn session_count(&self) -> usize {
+        let mut st = lock(&self.st);
+        st.sessions.retain(|_, w| w.strong_count() > 0);
+        st.sessions.len()
+    }
+
+    /// Attaches a session (it receives broadcasts).
+    pub(crate) fn attach(&self, s: &Arc<Session>) {
+        lock(&self.st)
+            .sessions
+            .insert(s.id.clone(), Arc::downgrade(s));
+    }
+
+    /// Detaches a session.
+    pub(crate) fn detach(&self, id: &str) {
+        lock(&self.st).sessions.remove(id);
+    }
+
+    fn write(&self, v: &Value) -> bool {
+        let Ok(mut line) = serde_json::to_vec(v) else {
+            return false;
+        };
+        line.push(b'\n');
+        self.out.send(line).is_ok()
+    }
+
+    fn fail_all(&self, msg: &str) {
+        let mut st = lock(&self.st);
+        st.exited = Some(msg.to_owned());
+        // Dropping the senders wakes every caller, who then reads `exited`.
+        st.pending.clear();
+        st.tokens.clear();
+        st.s2c.clear();
+    }
+
+    /// Sends a request to the child on behalf of `session` and waits for its response, which is
+    /// returned with the session's original id. Related messages go to `sink`.
+    pub(crate) async fn call(
+        &self,
+        session: Option<&Arc<Session>>,
+        mut msg: Value,
+        sink: Option<Sink>,
+    ) -> Result<Value, CallError> {
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
+        let orig_id = msg.get("id").cloned().unwrap_or(Value::Null);
+        msg["id"] = json!(n);
+        let mut token = None;
+        if let Some(meta) = msg
+            .get_mut("params")
+            .and_then(|p| p.get_mut("_meta"))
+            .and_then(Value::as_object_mut)
+        {
+            if let Some(t) = meta.get("progressToken").cloned() {
+                let nt = format!("edge-{n}");
+                meta.insert("progressToken".into(), Value::String(nt.clone()));
+                token = Some((nt, t));
+            }
+        }
+        let (tx, rx) = oneshot::channel();
+        {
+            let mut st = lock(&self.st);
+            if let Some(e) = &st.exited {
+                return Err(CallError::Exited(e.clone()));
+            }
+            if let Some((t, _)) = &token {
+                st.tokens.insert(t.clone(), n);
+            }
+            if let Some(s) = session {
+                st.last_caller = Some(Arc::downgrade(s));
+            }
+            st.pending.insert(
+                n,
+                Pending {
+                    session: session.map(Arc::downgrade),
+                    session_id: session.map(|s| s.id.clone()),
+                    orig_id: orig_id.clone(),
+                    sink,
+                    done: tx,
+                    token,
+                },
+            );
+        }
+        if !self.write(&msg) {
+            self.forget(n);
+            return Err(CallError::Exited(format!(
+                "stdio server '{}' is not accepting input (exited)",
+                self.name
+            )));
+        }
+        match rx.await {
+            Ok(mut v) => {
+                v["id"] = orig_id;
+                Ok(v)
+            }
+            Err(_) => match &lock(&self.st).exited {
+                Some(e) => Err(CallError::Exited(e.clone())),
+                None => Err(CallError::Cancelled),
+            },
+        }
+    }
+
+    fn forget(&self, n: u64) {
+        let mut st = lock(&self.st);
+        if let Some(p) = st.pending.remove(&n) {
+            if let Some((t, _)) = p.token {
+                st.tokens.remove(&t);
+            }
+        }
+    }
+
+    /// A notification from a session: `initialized` is absorbed (the agent initialized the child
+    /// itself), `cancelled` has its request id mapped, the rest is forwarded.
+    pub(crate) fn notify(&self, session: &Session, mut msg: Value) {
+        let method = msg.get("method").and_then(Value::as_str).unwrap_or("");
+        match method {
+            mcp_wire::mcp::method::INITIALIZED => {}
+            mcp_wire::mcp::method::CANCELLED => {
+                let Some(rid) = msg.pointer("/params/requestId").cloned() else {
+                    return;
+                };
+                let found = {
+                    let mut st = lock(&self.st);
+                    let n = st
+                        .pending
+                        .iter()
+                        .find(|(_, p)| {
+                            p.session_id.as_deref() == Some(session.id.as_str()) && p.orig_id == rid
+                        })
+                        .map(|(n, _)| *n);
+                    if let Some(n) = n {
+                        if let Some(p) = st.pending.remove(&n) {
+                            if let Some((t, _)) = p.token {
+                                st.tokens.remove(&t);
+                            }
+                        }
+                    }
+                    n
+                };
+                if let Some(n) = found {
+                    msg["params"]["requestId"] = json!(n);
+                    self.write(&msg);
+                }
+            }
+            _ => {
+                self.write(&msg);
+            }
+        }
+    }
+
+    /// A session's answer to a server→client request: id mapped back and forwarded. `false` if
+    /// the id is unknown.
+    pub(crate) fn respond(&self, mut msg: Value) -> bool {
+        let key = msg.get("id").map(Value::to_string).unwrap_or_default();
+        let Some((child_id, _)) = lock(&self.st).s2c.remove(&key) else {
+            return false;
+        };
+        msg["id"] = child_id;
+        self.write(&msg)
+    }
+
+    fn on_message(&self, v: Value) {
+        let method = v.get("method").and_then(Value::as_str).map(str::to_owned);
+        let id = v.get("id").cloned().filter(|i| !i.is_null());
+        match (method, id) {
+            (None, Some(id)) => {
+                let n = id
+                    .as_u64()
+                    .or_else(|| id.as_str().and_then(|s| s.parse().ok()));
+                let p = n.and_then(|n| {
+                    let mut st = lock(&self.st);
+                    let p = st.pending.remove(&n);
+                    if let Some((t, _)) = p.as_ref().and_then(|p| p.token.as_ref()) {
+                        st.tokens.remove(t);
+                    }
+                    p
+                });
+                match p {
+                    Some(p) => {
+                        let _ = p.done.send(v);
+                    }
+                    None => tracing::debug!(server = %self.name, "response for unknown id {id}"),
+                }
+            }
+            (Some(m), Some(child_id)) => self.server_request(&m, child_id, v),
+            (Some(m), None) => self.server_notification(&m, v),
+            (None, None) => {
+                tracing::debug!(server = %self.name, "ignoring message without id or method")
+            }
+        }
+    }
+
+    fn server_request(&self, method: &str, child_id: Value, mut v: Value) {
+        let agent_id = format!("s2c-{}", S2C_IDS.fetch_add(1, Ordering::Relaxed));
+        let key = Value::String(agent_id.clone()).to_string();
+        v["id"] = Value::String(agent_id);
+        let delivered = {
+            let mut st = lock(&self.st);
+            let target = st
+                .pending
+                .values()
+                .rev()
+                .find_map(|p| Some((p.session.clone()?, p.sink.clone()?)));
+            let mut delivered = false;
+            if let Some((session, sink)) = target {
+                st.s2c.insert(key.clone(), (child_id.clone(), session));
+                delivered = sink.send(&v);
+            }
+            if !delivered {
+                if let Some(s) = st.last_caller.as_ref().and_then(Weak::upgrade) {
+                    st.s2c
+                        .insert(key.clone(), (child_id.clone(), Arc::downgrade(&s)));
+                    delivered = s.send_standalone(&v);
+                }
+            }
+            if !delivered {
+                st.s2c.remove(&key);
+            }
+            delivered
+        };
+        if delivered {
+            return;
+        }
+        // Nobody to ask: answer on the client's behalf so the server does not wait forever.
+        let reply = match method {
+            "roots/list" => json!({"jsonrpc": "2.0", "id": child_id, "result": {"roots": []}}),
+            "ping" => json!({"jsonrpc": "2.0", "id": child_id, "result": {}}),
+            _ => crate::body::rpc_error(
+                Some(&child_id),
+                mcp_wire::jsonrpc::code::METHOD_NOT_FOUND,
+                format!("meshgate-edge: no client session available to answer {method}"),
+            ),
+        };
+        self.write(&reply);
+    }
+
+    fn server_notification(&self, method: &str, mut v: Value) {
+        use mcp_wire::mcp::method as m;
+        let st = lock(&self.st);
+        match method {
+            m::PROGRESS => {
+                let tok = v
+                    .pointer("/params/progressToken")
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                let Some(p) = st.tokens.get(tok).and_then(|n| st.pending.get(n)) else {
+                    return;
+                };
+                if let (Some((_, orig)), Some(sink)) = (&p.token, &p.sink) {
+                    v["params"]["progressToken"] = orig.clone();
+                    sink.send(&v);
+                }
+            }
+            m::CANCELLED => {
+                // The server gave up on one of its own requests: tell the session it went to.
+                let rid = v
+                    .pointer("/params/requestId")
+                    .cloned()
+                    .unwrap_or(Value::Null);
+                let hit = st
+                    .s2c
+                    .iter()
+                    .find(|(_, (cid, _))| *cid == rid)
+                    .map(|(k, (_, s))| (k.clone(), s.clone()));
+                if let Some((k, s)) = hit {
+                    if let (Ok(agent), Some(s)) = (serde_json::from_str::<Value>(&k), s.upgrade()) {
+                        v["params"]["requestId"] = agent;
+                        s.send_standalone(&v);
+                    }
+                }
+            }
+            m::MESSAGE => {
+                let sent = st
+                    .pending
+                    .values()
+                    .rev()
+                    .find_map(|p| p.sink.as_ref())
+                    .is_some_and(|s| s.send(&v));
+                if !sent {
+                    for s in st.sessions.values().filter_map(Weak::upgrade) {
+                        s.send_standalone(&v);
+                    }
+                }
+            }
+            _ => {
+                for s in st.sessions.values().filter_map(Weak::upgrade) {
+                    s.send_standalone(&v);
+                }
+            }
+        }
+    }
+}
