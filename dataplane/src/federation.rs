@@ -270,8 +270,8 @@ pub fn parse_page(
 pub struct Naming {
     /// Separator; `None` = unprefixed.
     pub separator: Option<Arc<str>>,
-    /// Upstream names in config order.
-    pub upstreams: Vec<Arc<str>>,
+    /// Upstream names by index (an unbound edge slot reads as `""` and matches nothing).
+    pub upstreams: Vec<crate::config::UpstreamName>,
 }
 
 impl Naming {
@@ -289,6 +289,9 @@ impl Naming {
     pub fn split<'a>(&self, exposed: &'a str) -> Option<(usize, &'a str)> {
         let sep = self.separator.as_deref()?;
         let (prefix, rest) = exposed.split_once(sep)?;
+        if prefix.is_empty() {
+            return None;
+        }
         let u = self.upstreams.iter().position(|n| &**n == prefix)?;
         Some((u, rest))
     }
@@ -410,7 +413,10 @@ mod tests {
     fn naming(sep: Option<&str>) -> Naming {
         Naming {
             separator: sep.map(Arc::from),
-            upstreams: vec![Arc::from("a"), Arc::from("b")],
+            upstreams: vec![
+                crate::config::UpstreamName::fixed("a"),
+                crate::config::UpstreamName::fixed("b"),
+            ],
         }
     }
 

@@ -51,8 +51,8 @@ pub struct Hub {
 }
 
 impl Hub {
-    /// Shared state for a snapshot. Upstreams start as up (the prober corrects it quickly, and
-    /// a refused connection marks one down at once).
+    /// Shared state for a snapshot. Configured upstreams start as up (the prober corrects it
+    /// quickly, and a refused connection marks one down at once); edge slots start down.
     pub fn new(snap: Arc<Snapshot>) -> Arc<Self> {
         let n = snap.upstreams.len();
         Arc::new(Hub {
@@ -61,9 +61,12 @@ impl Hub {
                 upstreams: snap.upstreams.iter().map(|u| u.name.clone()).collect(),
             },
             metrics: Metrics::new(snap.workers, n),
-            health: (0..n)
-                .map(|_| UpstreamHealth {
-                    up: AtomicBool::new(true),
+            // Edge slots start down: they are up only while an edge serving them is connected.
+            health: snap
+                .upstreams
+                .iter()
+                .map(|u| UpstreamHealth {
+                    up: AtomicBool::new(u.edge_slot.is_none()),
                     failures: AtomicU32::new(0),
                 })
                 .collect(),
@@ -389,7 +392,8 @@ pub fn spawn_housekeeping(hub: Arc<Hub>) -> std::io::Result<std::thread::JoinHan
 
 async fn housekeeping(hub: Arc<Hub>) {
     let w = std::rc::Rc::new(Worker::new(hub.clone(), 0));
-    for u in 0..hub.snap.upstreams.len() {
+    // Edge slots are not probed: a slot is up exactly while its tunnel is (see `edge`).
+    for u in (0..hub.snap.upstreams.len()).filter(|u| hub.snap.upstreams[*u].edge_slot.is_none()) {
         let w = w.clone();
         monoio::spawn(async move { probe_loop(w, u).await });
     }

@@ -16,11 +16,13 @@
 //!
 //! Off the request path: [`preflight`] refuses to start on unprefixed name collisions;
 //! [`demo`] holds the two example servers of `meshgate --demo`; [`ring`] is the bounded-load
-//! consistent-hash ring that step 7 (`affinity`) will use for upstream and hub replicas.
+//! consistent-hash ring that step 7 (`affinity`) will use for upstream and hub replicas;
+//! [`edge`] accepts edge tunnels on its own thread and bridges edge slots to them.
 
 pub mod admit;
 pub mod config;
 pub mod demo;
+pub mod edge;
 pub mod error;
 pub mod federation;
 pub mod hub;
@@ -43,19 +45,40 @@ pub struct Running {
     pub hub: Arc<hub::Hub>,
     /// Worker thread handles.
     pub workers: Vec<std::thread::JoinHandle<()>>,
+    /// Where edge tunnels are accepted (QUIC and TCP), when configured.
+    pub edge_addr: Option<std::net::SocketAddr>,
 }
 
-/// Starts a hub from a validated snapshot: binds, starts housekeeping and the workers.
+/// Starts a hub from a validated snapshot: binds, starts the edge tunnels (if configured),
+/// housekeeping and the workers.
 ///
 /// # Errors
-/// When the address cannot be bound or a thread cannot start.
+/// When an address cannot be bound, the edge certificates cannot be loaded, or a thread cannot
+/// start.
 pub fn start(snap: config::Snapshot) -> std::io::Result<Running> {
     let addr = worker::probe_bind(snap.listen)?;
     let mut snap = snap;
     snap.listen = addr;
+    let bridge = match &snap.edge {
+        Some(_) => {
+            let b = edge::Bridge::bind()?;
+            snap.add_edge_slots(b.addr, &b.token);
+            Some(b)
+        }
+        None => None,
+    };
     let hub = hub::Hub::new(Arc::new(snap));
     *hub.bound.lock() = Some(addr);
+    let edge_addr = match (bridge, &hub.snap.edge) {
+        (Some(b), Some(settings)) => Some(edge::start(hub.clone(), settings, b)?),
+        _ => None,
+    };
     hub::spawn_housekeeping(hub.clone())?;
     let workers = worker::start(hub.clone(), addr)?;
-    Ok(Running { addr, hub, workers })
+    Ok(Running {
+        addr,
+        hub,
+        workers,
+        edge_addr,
+    })
 }

@@ -111,7 +111,12 @@ fn main() -> anyhow::Result<()> {
         running.addr, running.hub.snap.endpoint
     );
     for (u, up) in running.hub.snap.upstreams.iter().enumerate() {
-        println!("  upstream {u}: {} -> {}", up.name, up.url);
+        if up.edge_slot.is_none() {
+            println!("  upstream {u}: {} -> {}", up.name, up.url);
+        }
+    }
+    if let Some(a) = running.edge_addr {
+        println!("meshgate edge tunnels on {a} (QUIC/UDP and TLS/TCP)");
     }
     use std::io::Write as _;
     let _ = std::io::stdout().flush();

@@ -362,7 +362,14 @@ fn initialize(w: &Worker, p: &Peeked<'_>) -> Result<(Arc<str>, Bytes), ProxyErro
         });
     let session = Session::new(version, caps, info, w.hub.snap.upstreams.len());
     w.hub.sessions.insert(session.clone());
-    let names: Vec<&str> = w.hub.snap.upstreams.iter().map(|u| &*u.name).collect();
+    let names: Vec<&str> = w
+        .hub
+        .snap
+        .upstreams
+        .iter()
+        .filter(|u| u.name.is_bound())
+        .map(|u| &*u.name)
+        .collect();
     let naming = match &w.hub.snap.separator {
         Some(sep) => format!("Tool and prompt names are <server>{sep}<name>."),
         None => "Tool and prompt names are the servers' own.".to_string(),

@@ -69,7 +69,14 @@ async fn ops(w: &Worker, conn: &mut ServerConn<TcpStream>, req: &h1::Request) ->
     let (status, body, headers): (u16, String, &[(&str, &[u8])]) = match req.head.path() {
         b"/healthz" => (200, "ok\n".into(), text),
         b"/readyz" => {
-            let n = w.hub.snap.upstreams.len();
+            // Edge slots come and go with their tunnels; a hub with only edges is ready.
+            let n = w
+                .hub
+                .snap
+                .upstreams
+                .iter()
+                .filter(|u| u.edge_slot.is_none())
+                .count();
             if n == 0 || w.hub.up_mask() != 0 {
                 (200, "ready\n".into(), text)
             } else {
@@ -77,7 +84,17 @@ async fn ops(w: &Worker, conn: &mut ServerConn<TcpStream>, req: &h1::Request) ->
             }
         }
         b"/metrics" => {
-            let names: Vec<&str> = w.hub.snap.upstreams.iter().map(|u| &*u.name).collect();
+            let names: Vec<String> = w
+                .hub
+                .snap
+                .upstreams
+                .iter()
+                .map(|u| match u.edge_slot {
+                    Some(k) if !u.name.is_bound() => format!("edge-slot-{k}"),
+                    _ => u.name.to_string(),
+                })
+                .collect();
+            let names: Vec<&str> = names.iter().map(String::as_str).collect();
             let up: Vec<bool> = (0..names.len()).map(|u| w.hub.is_up(u)).collect();
             let body = w.hub.metrics.render(&names, &up, w.hub.sessions.len());
             (200, body, &[("Content-Type", b"text/plain; version=0.0.4")])

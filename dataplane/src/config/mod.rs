@@ -5,5 +5,5 @@
 pub mod raw;
 pub mod snapshot;
 
-pub use raw::{HubConfig, UpstreamConfig};
-pub use snapshot::{ConfigError, Driver, Snapshot, Upstream};
+pub use raw::{EdgeConfig, HubConfig, UpstreamConfig};
+pub use snapshot::{ConfigError, Driver, EdgeSettings, Snapshot, Upstream, UpstreamName};

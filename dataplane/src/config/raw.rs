@@ -56,6 +56,64 @@ pub struct HubConfig {
     /// The MCP servers this hub federates.
     #[serde(default)]
     pub upstreams: Vec<UpstreamConfig>,
+    /// Edge tunnels: where `meshgate-edge` agents dial in (absent = no edge tunnels).
+    #[serde(default)]
+    pub edge: Option<EdgeConfig>,
+}
+
+/// The hub's end of the edge tunnels.
+///
+/// ```yaml
+/// edge:
+///   listen: 0.0.0.0:4433     # UDP (QUIC) and TCP (TLS fallback) on the same port
+///   ca: certs/ca.pem         # edges must present a client certificate from this CA
+///   cert: certs/hub.pem
+///   key: certs/hub-key.pem
+///   slots: 16                # most distinct edge server names federated at once
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct EdgeConfig {
+    /// Address for QUIC (UDP) and TLS-over-TCP (TCP), same port number.
+    pub listen: String,
+    /// CA certificate (PEM) that edge client certificates must chain to.
+    pub ca: String,
+    /// The hub's certificate chain (PEM), signed by a CA the edges pin.
+    pub cert: String,
+    /// The hub's private key (PEM).
+    pub key: String,
+    /// Upstream slots reserved for edge servers: each distinct server name an edge announces
+    /// takes one for the life of the hub (replicas on several edges share it).
+    #[serde(default = "default_edge_slots")]
+    pub slots: usize,
+    /// Keep-alive interval on each tunnel.
+    #[serde(default = "default_edge_keepalive", deserialize_with = "duration")]
+    pub keepalive: Duration,
+    /// A tunnel silent this long is dead (its calls fail, its tools leave the lists).
+    #[serde(default = "default_edge_idle", deserialize_with = "duration")]
+    pub idle_timeout: Duration,
+    /// Accept QUIC tunnels.
+    #[serde(default = "default_true")]
+    pub quic: bool,
+    /// Accept TLS-over-TCP tunnels (for sites where UDP is blocked).
+    #[serde(default = "default_true")]
+    pub tcp: bool,
+    /// Hard cap on one request to an edge server.
+    #[serde(default = "default_request_timeout", deserialize_with = "duration")]
+    pub request_timeout: Duration,
+}
+
+fn default_edge_slots() -> usize {
+    16
+}
+fn default_edge_keepalive() -> Duration {
+    Duration::from_secs(1)
+}
+fn default_edge_idle() -> Duration {
+    Duration::from_secs(3)
+}
+fn default_true() -> bool {
+    true
 }
 
 /// Client-facing HTTP limits.

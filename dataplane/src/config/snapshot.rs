@@ -3,7 +3,8 @@
 //! a bad file is an error that names the field, never a half-applied config.
 
 use std::net::{SocketAddr, ToSocketAddrs};
-use std::sync::Arc;
+use std::path::PathBuf;
+use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use super::raw::HubConfig;
@@ -36,13 +37,86 @@ pub enum Driver {
     Legacy,
 }
 
+/// Most upstreams one hub federates, edge slots included (health is one `u64` bit mask).
+pub const MAX_UPSTREAMS: usize = 64;
+
+/// An upstream's name: fixed for a configured upstream; for an edge slot, bound once, when an
+/// edge first announces a server for it, and kept for the life of the hub (so exposed names
+/// never change meaning). Reads are lock-free; an unbound slot reads as `""`.
+#[derive(Debug, Clone)]
+pub struct UpstreamName(Arc<OnceLock<Arc<str>>>);
+
+impl UpstreamName {
+    /// A configured upstream's name.
+    pub fn fixed(name: &str) -> Self {
+        let cell = OnceLock::new();
+        let _ = cell.set(Arc::from(name));
+        Self(Arc::new(cell))
+    }
+
+    /// An edge slot not bound yet.
+    pub fn unbound() -> Self {
+        Self(Arc::new(OnceLock::new()))
+    }
+
+    /// Binds a slot to `name`; `false` when it is already bound (to this or another name).
+    pub fn bind(&self, name: &str) -> bool {
+        self.0.set(Arc::from(name)).is_ok()
+    }
+
+    /// Whether a name is bound.
+    pub fn is_bound(&self) -> bool {
+        self.0.get().is_some()
+    }
+}
+
+impl std::ops::Deref for UpstreamName {
+    type Target = str;
+    fn deref(&self) -> &str {
+        self.0.get().map_or("", |s| s)
+    }
+}
+
+impl std::fmt::Display for UpstreamName {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str(self)
+    }
+}
+
+/// The hub's end of the edge tunnels, validated (`edge:` in the config).
+#[derive(Debug, Clone)]
+pub struct EdgeSettings {
+    /// QUIC and TCP listen address.
+    pub listen: SocketAddr,
+    /// CA for edge client certificates.
+    pub ca: PathBuf,
+    /// Hub certificate chain.
+    pub cert: PathBuf,
+    /// Hub private key.
+    pub key: PathBuf,
+    /// Upstream slots reserved for edge servers.
+    pub slots: usize,
+    /// Tunnel keep-alive interval.
+    pub keepalive: Duration,
+    /// Tunnel idle timeout.
+    pub idle_timeout: Duration,
+    /// Accept QUIC.
+    pub quic: bool,
+    /// Accept TLS over TCP.
+    pub tcp: bool,
+    /// Hard cap on one request to an edge server.
+    pub request_timeout: Duration,
+}
+
 /// One federated upstream, resolved.
 #[derive(Debug, Clone)]
 pub struct Upstream {
     /// Position in the config: the index used in every per-upstream table.
     pub index: usize,
-    /// Its configured name.
-    pub name: Arc<str>,
+    /// Its name (configured, or bound when an edge announces it).
+    pub name: UpstreamName,
+    /// For an edge slot: its slot number (reached through the edge bridge, not by URL).
+    pub edge_slot: Option<usize>,
     /// The URL as configured (for messages).
     pub url: Arc<str>,
     /// Resolved address.
@@ -88,8 +162,10 @@ pub struct Snapshot {
     pub replay_events: usize,
     /// SSE keep-alive interval.
     pub sse_keepalive: Duration,
-    /// Upstreams in config order.
+    /// Upstreams in config order, then the edge slots (added when the hub starts).
     pub upstreams: Vec<Upstream>,
+    /// Edge tunnels, if configured.
+    pub edge: Option<EdgeSettings>,
 }
 
 /// Whether `s` is a legal MCP name: 1–128 chars of `[A-Za-z0-9_.-]`.
@@ -220,7 +296,8 @@ impl Snapshot {
             }
             upstreams.push(Upstream {
                 index: i,
-                name: u.name.as_str().into(),
+                name: UpstreamName::fixed(&u.name),
+                edge_slot: None,
                 url: u.url.as_str().into(),
                 addr,
                 host: host.into(),
@@ -230,6 +307,69 @@ impl Snapshot {
                 health_interval: u.health_interval.max(Duration::from_millis(100)),
                 pool_size: u.pool_size,
             });
+        }
+        let edge = cfg
+            .edge
+            .as_ref()
+            .map(|e| {
+                let listen: SocketAddr = e.listen.parse().map_err(|x| {
+                    err(
+                        "edge.listen",
+                        format!("{:?} is not an address (ip:port): {x}", e.listen),
+                    )
+                })?;
+                if e.slots == 0 {
+                    return Err(err("edge.slots", "must be at least 1"));
+                }
+                if e.keepalive.is_zero() || e.idle_timeout <= e.keepalive {
+                    return Err(err(
+                        "edge.idle_timeout",
+                        "must be longer than edge.keepalive (and both above zero)",
+                    ));
+                }
+                if !e.quic && !e.tcp {
+                    return Err(err(
+                        "edge.quic",
+                        "at least one of edge.quic and edge.tcp must be on",
+                    ));
+                }
+                if e.request_timeout.is_zero() {
+                    return Err(err("edge.request_timeout", "must be greater than zero"));
+                }
+                for (field, path) in [
+                    ("edge.ca", &e.ca),
+                    ("edge.cert", &e.cert),
+                    ("edge.key", &e.key),
+                ] {
+                    if let Err(x) = std::fs::metadata(path) {
+                        return Err(err(field, format!("cannot read {path:?}: {x}")));
+                    }
+                }
+                Ok(EdgeSettings {
+                    listen,
+                    ca: e.ca.clone().into(),
+                    cert: e.cert.clone().into(),
+                    key: e.key.clone().into(),
+                    slots: e.slots,
+                    keepalive: e.keepalive,
+                    idle_timeout: e.idle_timeout,
+                    quic: e.quic,
+                    tcp: e.tcp,
+                    request_timeout: e.request_timeout,
+                })
+            })
+            .transpose()?;
+        let total = upstreams.len() + edge.as_ref().map_or(0, |e| e.slots);
+        if total > MAX_UPSTREAMS {
+            let field = if edge.is_some() {
+                "edge.slots"
+            } else {
+                "upstreams"
+            };
+            return Err(err(
+                field,
+                format!("{total} upstreams (edge slots included); at most {MAX_UPSTREAMS} are supported"),
+            ));
         }
         let workers = if cfg.workers == 0 {
             std::thread::available_parallelism().map_or(1, |n| n.get())
@@ -250,12 +390,37 @@ impl Snapshot {
             replay_events: cfg.session.replay_events.max(1),
             sse_keepalive: cfg.sse_keepalive.max(Duration::from_millis(100)),
             upstreams,
+            edge,
         })
+    }
+
+    /// Appends the edge slots as upstreams reached through the edge bridge at `bridge` (the
+    /// bridge answers `/slot/<k>/<token>`). Called once, when the hub starts.
+    pub fn add_edge_slots(&mut self, bridge: SocketAddr, token: &str) {
+        let Some(e) = &self.edge else { return };
+        let base = self.upstreams.len();
+        for k in 0..e.slots {
+            self.upstreams.push(Upstream {
+                index: base + k,
+                name: UpstreamName::unbound(),
+                edge_slot: Some(k),
+                url: format!("edge slot {k}").into(),
+                addr: bridge,
+                host: bridge.to_string().into(),
+                path: format!("/slot/{k}/{token}").into(),
+                connect_timeout: Duration::from_secs(2),
+                request_timeout: e.request_timeout,
+                health_interval: Duration::from_secs(3600),
+                pool_size: 64,
+            });
+        }
     }
 
     /// The upstream called `name`.
     pub fn upstream(&self, name: &str) -> Option<&Upstream> {
-        self.upstreams.iter().find(|u| &*u.name == name)
+        self.upstreams
+            .iter()
+            .find(|u| !name.is_empty() && &*u.name == name)
     }
 }
 
