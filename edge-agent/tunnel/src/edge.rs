@@ -245,11 +245,16 @@ where
 {
     match link {
         Link::Quic { conn, _endpoint } => {
-            let reason = loop {
+            // Dropping this future (edge task cancelled) closes the link and aborts every
+            // stream being served, so the hub sees the loss at once.
+            let _guard = CloseOnDrop(conn.clone(), _endpoint);
+            let mut streams = tokio::task::JoinSet::new();
+            loop {
+                while streams.try_join_next().is_some() {}
                 match conn.accept_bi().await {
                     Ok((send, recv)) => {
                         let service = service.clone();
-                        tokio::spawn(async move {
+                        streams.spawn(async move {
                             let io = TokioIo::new(tokio::io::join(recv, send));
                             if let Err(e) = hyper::server::conn::http1::Builder::new()
                                 .serve_connection(io, service)
@@ -261,9 +266,7 @@ where
                     }
                     Err(e) => break e.to_string(),
                 }
-            };
-            _endpoint.close(quinn::VarInt::from_u32(0), b"edge link down");
-            reason
+            }
         }
         Link::Tcp(tls) => {
             let res = hyper::server::conn::http2::Builder::new(TokioExecutor::new())
@@ -278,6 +281,15 @@ where
                 Err(e) => e.to_string(),
             }
         }
+    }
+}
+
+struct CloseOnDrop(quinn::Connection, quinn::Endpoint);
+
+impl Drop for CloseOnDrop {
+    fn drop(&mut self) {
+        self.0.close(quinn::VarInt::from_u32(0), b"edge link down");
+        self.1.close(quinn::VarInt::from_u32(0), b"edge link down");
     }
 }
 

@@ -268,18 +268,22 @@ async fn tcp_link(
         .and_then(|c| c.first())
         .and_then(tls::identity)
         .ok_or_else(|| "client certificate has no CN or DNS SAN".to_string())?;
+    let kill = Arc::new(KillSwitch::default());
     let (sender, conn) = hyper::client::conn::http2::Builder::new(TokioExecutor::new())
         .timer(TokioTimer::new())
         .keep_alive_interval(keepalive)
         .keep_alive_timeout(idle)
         .keep_alive_while_idle(true)
         .max_concurrent_reset_streams(1024)
-        .handshake::<_, Full<Bytes>>(TokioIo::new(tls))
+        .handshake::<_, Full<Bytes>>(TokioIo::new(KillableIo {
+            inner: tls,
+            kill: kill.clone(),
+        }))
         .await
         .map_err(|e| format!("http/2 handshake: {e}"))?;
-    let link = EdgeLink::new(edge_id, Transport::Tcp, peer, LinkKind::Tcp(sender));
+    let link = EdgeLink::new(edge_id, Transport::Tcp, peer, LinkKind::Tcp(sender, kill));
     let inner = Arc::downgrade(&link.inner);
-    let driver = tokio::spawn(async move {
+    tokio::spawn(async move {
         let reason = match conn.await {
             Ok(()) => "connection closed by edge".to_string(),
             Err(e) => e.to_string(),
@@ -288,9 +292,6 @@ async fn tcp_link(
             inner.mark_closed(reason);
         }
     });
-    if let Ok(mut slot) = link.inner.driver.lock() {
-        *slot = Some(driver);
-    }
     tracing::info!(edge = link.edge_id(), %peer, transport = "tcp", "edge link up");
     let _ = tx.send(link);
     Ok(())
@@ -298,7 +299,97 @@ async fn tcp_link(
 
 enum LinkKind {
     Quic(quinn::Connection),
-    Tcp(hyper::client::conn::http2::SendRequest<Full<Bytes>>),
+    Tcp(
+        hyper::client::conn::http2::SendRequest<Full<Bytes>>,
+        Arc<KillSwitch>,
+    ),
+}
+
+/// Cuts a TCP link from the hub side: once fired, the transport under the HTTP/2 connection
+/// fails every read and write, so the connection errors out and every stream in flight with it.
+#[derive(Default)]
+struct KillSwitch {
+    killed: std::sync::atomic::AtomicBool,
+    wakers: Mutex<Vec<std::task::Waker>>,
+}
+
+impl KillSwitch {
+    fn fire(&self) {
+        self.killed.store(true, std::sync::atomic::Ordering::SeqCst);
+        let wakers = match self.wakers.lock() {
+            Ok(mut w) => std::mem::take(&mut *w),
+            Err(_) => Vec::new(),
+        };
+        for w in wakers {
+            w.wake();
+        }
+    }
+
+    fn check(&self, cx: &std::task::Context<'_>) -> std::io::Result<()> {
+        if let Ok(mut w) = self.wakers.lock() {
+            if !w.iter().any(|x| x.will_wake(cx.waker())) {
+                if w.len() >= 4 {
+                    w.remove(0);
+                }
+                w.push(cx.waker().clone());
+            }
+        }
+        if self.killed.load(std::sync::atomic::Ordering::SeqCst) {
+            return Err(std::io::Error::new(
+                std::io::ErrorKind::ConnectionAborted,
+                "link closed by hub",
+            ));
+        }
+        Ok(())
+    }
+}
+
+struct KillableIo<T> {
+    inner: T,
+    kill: Arc<KillSwitch>,
+}
+
+impl<T: tokio::io::AsyncRead + Unpin> tokio::io::AsyncRead for KillableIo<T> {
+    fn poll_read(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &mut tokio::io::ReadBuf<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if let Err(e) = self.kill.check(cx) {
+            return std::task::Poll::Ready(Err(e));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_read(cx, buf)
+    }
+}
+
+impl<T: tokio::io::AsyncWrite + Unpin> tokio::io::AsyncWrite for KillableIo<T> {
+    fn poll_write(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+        buf: &[u8],
+    ) -> std::task::Poll<std::io::Result<usize>> {
+        if let Err(e) = self.kill.check(cx) {
+            return std::task::Poll::Ready(Err(e));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_write(cx, buf)
+    }
+
+    fn poll_flush(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        if let Err(e) = self.kill.check(cx) {
+            return std::task::Poll::Ready(Err(e));
+        }
+        std::pin::Pin::new(&mut self.inner).poll_flush(cx)
+    }
+
+    fn poll_shutdown(
+        mut self: std::pin::Pin<&mut Self>,
+        cx: &mut std::task::Context<'_>,
+    ) -> std::task::Poll<std::io::Result<()>> {
+        std::pin::Pin::new(&mut self.inner).poll_shutdown(cx)
+    }
 }
 
 struct LinkInner {
@@ -307,7 +398,6 @@ struct LinkInner {
     remote: SocketAddr,
     kind: LinkKind,
     closed: watch::Sender<Option<String>>,
-    driver: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl LinkInner {
@@ -332,13 +422,9 @@ impl LinkInner {
 
 impl Drop for LinkInner {
     fn drop(&mut self) {
-        if let LinkKind::Quic(conn) = &self.kind {
-            conn.close(quinn::VarInt::from_u32(0), b"link dropped by hub");
-        }
-        if let Ok(mut d) = self.driver.lock() {
-            if let Some(d) = d.take() {
-                d.abort();
-            }
+        match &self.kind {
+            LinkKind::Quic(conn) => conn.close(quinn::VarInt::from_u32(0), b"link dropped by hub"),
+            LinkKind::Tcp(_, kill) => kill.fire(),
         }
     }
 }
@@ -370,7 +456,6 @@ impl EdgeLink {
                 remote,
                 kind,
                 closed,
-                driver: Mutex::new(None),
             }),
         }
     }
@@ -439,7 +524,7 @@ impl EdgeLink {
                     .await
                     .map_err(|e| self.request_err(e))
             }
-            LinkKind::Tcp(sender) => {
+            LinkKind::Tcp(sender, _) => {
                 let mut sender = sender.clone();
                 sender
                     .ready()
@@ -475,13 +560,7 @@ impl EdgeLink {
             LinkKind::Quic(conn) => {
                 conn.close(quinn::VarInt::from_u32(0), reason.as_bytes());
             }
-            LinkKind::Tcp(_) => {
-                if let Ok(mut d) = self.inner.driver.lock() {
-                    if let Some(d) = d.take() {
-                        d.abort();
-                    }
-                }
-            }
+            LinkKind::Tcp(_, kill) => kill.fire(),
         }
         self.inner.mark_closed(format!("closed by hub: {reason}"));
     }
