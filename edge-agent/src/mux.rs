@@ -133,21 +133,16 @@ impl Mux {
         tokio::spawn(async move {
             let name = tag;
             let mut lines = BufReader::new(stdout).lines();
-            loop {
-                match lines.next_line().await {
-                    Ok(Some(line)) => {
-                        let Some(m) = weak.upgrade() else { break };
-                        if line.trim().is_empty() {
-                            continue;
-                        }
-                        match serde_json::from_str::<Value>(&line) {
-                            Ok(v) => m.on_message(v),
-                            Err(e) => {
-                                tracing::warn!(server = %m.name, "non-JSON line on stdout ({e}): {line}")
-                            }
-                        }
+            while let Ok(Some(line)) = lines.next_line().await {
+                let Some(m) = weak.upgrade() else { break };
+                if line.trim().is_empty() {
+                    continue;
+                }
+                match serde_json::from_str::<Value>(&line) {
+                    Ok(v) => m.on_message(v),
+                    Err(e) => {
+                        tracing::warn!(server = %m.name, "non-JSON line on stdout ({e}): {line}")
                     }
-                    Ok(None) | Err(_) => break,
                 }
             }
             // stdout closed: the child is exiting (or was killed); make sure and reap it.

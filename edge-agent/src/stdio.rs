@@ -68,8 +68,8 @@ impl SharedServer {
         loop {
             let Some(me) = weak.upgrade() else { return };
             if matches!(*me.status.borrow(), Status::Idle) {
+                // Stopped for idleness: start again on the next use.
                 me.demand.notified().await;
-                continue;
             }
             me.status.send_replace(Status::Starting);
             match Mux::start(me.name.clone(), &me.cfg, INIT_TIMEOUT).await {

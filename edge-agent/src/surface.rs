@@ -181,36 +181,20 @@ impl Surface {
         json!({"edge": self.inner.edge_id, "servers": servers, "sessions": sessions, "children": crate::supervisor::live_children()})
     }
 
-    fn session(
-        &self,
-        name: &str,
-        req: &Request<Incoming>,
-    ) -> Result<Arc<Session>, Response<BoxBody>> {
+    fn session(&self, name: &str, req: &Request<Incoming>) -> Result<Arc<Session>, SessionError> {
         let Some(id) = req
             .headers()
             .get("mcp-session-id")
             .and_then(|v| v.to_str().ok())
         else {
-            return Err(http_rpc_error(
-                StatusCode::BAD_REQUEST,
-                None,
-                code::INVALID_REQUEST,
-                "Bad Request: Mcp-Session-Id header is required (send initialize first)",
-            ));
+            return Err(SessionError::Missing);
         };
         match lock(&self.inner.sessions).get(id) {
             Some(s) if &*s.server == name => {
                 s.touch();
                 Ok(s.clone())
             }
-            _ => Err(http_rpc_error(
-                StatusCode::NOT_FOUND,
-                None,
-                code::INVALID_REQUEST,
-                format!(
-                    "session not found on server '{name}' (expired or deleted): initialize again"
-                ),
-            )),
+            _ => Err(SessionError::Unknown),
         }
     }
 
@@ -238,14 +222,14 @@ impl Surface {
                     s.set_get_stream(sink);
                     body::sse(body)
                 }
-                Err(r) => r,
+                Err(e) => e.response(name),
             },
             Method::DELETE => match self.session(name, &req) {
                 Ok(s) => {
                     self.close_session(&s, &backend);
                     body::status(StatusCode::OK)
                 }
-                Err(r) => r,
+                Err(e) => e.response(name),
             },
             _ => {
                 let mut r = body::status(StatusCode::METHOD_NOT_ALLOWED);
@@ -341,7 +325,7 @@ impl Surface {
         }
         let s = match sess {
             Some(Ok(s)) => s,
-            Some(Err(r)) => return r,
+            Some(Err(e)) => return e.response(name),
             None => {
                 return http_rpc_error(
                     StatusCode::BAD_REQUEST,
@@ -423,6 +407,8 @@ impl Surface {
         };
         match result {
             Ok(r) => {
+                // The backend may have waited for a process start: the idle clock starts now.
+                s.touch();
                 lock(&self.inner.sessions).insert(s.id.clone(), s.clone());
                 let mut resp = body::json(StatusCode::OK, &body::rpc_result(id, r));
                 if let Ok(v) = s.id.parse() {
@@ -433,6 +419,36 @@ impl Surface {
             Err(e) => body::json(
                 StatusCode::OK,
                 &body::rpc_error(Some(id), code::INTERNAL_ERROR, e),
+            ),
+        }
+    }
+}
+
+/// Why a request's session could not be used.
+#[derive(Debug, Clone, Copy)]
+enum SessionError {
+    /// No `Mcp-Session-Id` header.
+    Missing,
+    /// Unknown, deleted or expired id, or one of another server.
+    Unknown,
+}
+
+impl SessionError {
+    fn response(self, name: &str) -> Response<BoxBody> {
+        match self {
+            SessionError::Missing => http_rpc_error(
+                StatusCode::BAD_REQUEST,
+                None,
+                code::INVALID_REQUEST,
+                "Bad Request: Mcp-Session-Id header is required (send initialize first)",
+            ),
+            SessionError::Unknown => http_rpc_error(
+                StatusCode::NOT_FOUND,
+                None,
+                code::INVALID_REQUEST,
+                format!(
+                    "session not found on server '{name}' (expired or deleted): initialize again"
+                ),
             ),
         }
     }
