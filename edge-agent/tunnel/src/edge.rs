@@ -127,7 +127,7 @@ enum Link {
         // Keeps the client endpoint (ephemeral UDP socket) alive for the link's lifetime.
         _endpoint: quinn::Endpoint,
     },
-    Tcp(tokio_rustls::client::TlsStream<TcpStream>),
+    Tcp(Box<tokio_rustls::client::TlsStream<TcpStream>>),
 }
 
 async fn resolve(hub: &str) -> Result<Vec<SocketAddr>, String> {
@@ -185,7 +185,7 @@ async fn dial_tcp(
         .connect(server_name, stream)
         .await
         .map_err(|e| format!("tls handshake with {addr}: {e}"))?;
-    Ok(Link::Tcp(tls))
+    Ok(Link::Tcp(Box::new(tls)))
 }
 
 /// One dial attempt over the configured transports; the error names every failure.

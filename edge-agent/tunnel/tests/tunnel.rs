@@ -590,3 +590,30 @@ fn pki_quickstart_writes_a_valid_set() {
     assert_eq!(cn, "edge-b");
     let _ = std::fs::remove_dir_all(&dir);
 }
+
+/// Finished streams give their credit back: more requests than the per-link stream limit
+/// (4096) go through one QUIC link.
+#[tokio::test]
+async fn quic_streams_are_released() {
+    let pki = Pki::new("release");
+    let mut acc = hub(&pki, true, false).await;
+    let (edge_task, _events) = spawn_edge(dial_cfg(&acc, pki.edge(), TransportChoice::Quic));
+    let link = accept(&mut acc).await;
+    let start = Instant::now();
+    for _ in 0..22 {
+        let mut set = tokio::task::JoinSet::new();
+        for _ in 0..200 {
+            let link = link.clone();
+            set.spawn(async move { post(&link, "x").await });
+        }
+        timeout(T, async {
+            while let Some(r) = set.join_next().await {
+                assert_eq!(r.unwrap(), "x");
+            }
+        })
+        .await
+        .expect("stream credit exhausted?");
+    }
+    eprintln!("4400 requests over one quic link in {:?}", start.elapsed());
+    edge_task.abort();
+}
