@@ -189,8 +189,20 @@ impl Surface {
         else {
             return Err(SessionError::Missing);
         };
-        match lock(&self.inner.sessions).get(id) {
+        let mut sessions = lock(&self.inner.sessions);
+        match sessions.get(id) {
             Some(s) if &*s.server == name => {
+                // A per-session process that died took the session's server state with it: the
+                // session is over (404), so the client re-initializes onto a fresh process.
+                if lock(&s.mux).as_ref().is_some_and(|m| !m.is_alive()) {
+                    let s = sessions.remove(id);
+                    drop(sessions);
+                    if let Some(s) = s {
+                        s.close_streams();
+                        lock(&s.mux).take();
+                    }
+                    return Err(SessionError::Unknown);
+                }
                 s.touch();
                 Ok(s.clone())
             }

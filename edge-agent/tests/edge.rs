@@ -255,6 +255,90 @@ fn per_session_prewarmed_pool_serves_first_call() {
         "pid {pid} survived DELETE"
     );
     assert!(alive(pid2 as i32));
+    // A session whose process died is over: 404, and a new initialize gets a fresh process.
+    kill9(pid2 as i32);
+    assert!(wait_dead(&[pid2 as i32], Duration::from_secs(10)).is_empty());
+    agent.wait_for("dead session answers 404", Duration::from_secs(10), |a| {
+        let r = http(
+            &a.addr,
+            "POST",
+            "/mcp/files",
+            &[("mcp-session-id", &sid2)],
+            Some(ECHO),
+        );
+        (r.status == 404).then_some(())
+    });
+    let (sid3, _) = agent.initialize("files");
+    assert_eq!(
+        agent.call("files", &sid3, ECHO)["result"]["content"][0]["text"],
+        "Echo: ping"
+    );
+}
+
+#[test]
+fn per_session_without_prewarm_spawns_on_initialize() {
+    // Baseline for the prewarm latency above: the first call waits for process start.
+    let agent = Agent::start(&format!(
+        "device: {{ enabled: false }}\nservers:\n{}",
+        everything_entry("cold", ", mode: per-session, prewarm: 0")
+    ));
+    let t0 = Instant::now();
+    let (sid, _) = agent.initialize("cold");
+    let r = agent.call("cold", &sid, ECHO);
+    println!(
+        "per-session first call without prewarm (cold process start): {:?}",
+        t0.elapsed()
+    );
+    assert_eq!(r["result"]["content"][0]["text"], "Echo: ping", "{r}");
+}
+
+#[test]
+fn client_cancellation_ends_the_request_stream() {
+    let agent = Agent::start(&format!(
+        "device: {{ enabled: false }}\nservers:\n{}",
+        everything_entry("everything", "")
+    ));
+    let (sid, _) = agent.initialize("everything");
+    let addr = agent.addr.clone();
+    let sid2 = sid.clone();
+    let long = std::thread::spawn(move || {
+        let t = Instant::now();
+        let r = http(
+            &addr,
+            "POST",
+            "/mcp/everything",
+            &[("mcp-session-id", &sid2)],
+            Some(
+                r#"{"jsonrpc":"2.0","id":"c1","method":"tools/call","params":{"name":"trigger-long-running-operation","arguments":{"duration":30,"steps":30}}}"#,
+            ),
+        );
+        (r, t.elapsed())
+    });
+    std::thread::sleep(Duration::from_millis(1000));
+    let r = http(
+        &agent.addr,
+        "POST",
+        "/mcp/everything",
+        &[("mcp-session-id", &sid)],
+        Some(
+            r#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"c1","reason":"test"}}"#,
+        ),
+    );
+    assert_eq!(r.status, 202);
+    let (r, took) = long.join().unwrap();
+    assert!(
+        took < Duration::from_secs(10),
+        "cancelled request stream lasted {took:?}"
+    );
+    assert!(
+        r.messages().iter().all(|m| m.get("result").is_none()),
+        "{}",
+        r.body
+    );
+    assert_eq!(
+        agent.call("everything", &sid, ECHO)["result"]["content"][0]["text"],
+        "Echo: ping"
+    );
 }
 
 #[test]
