@@ -5,7 +5,7 @@
 //! Path of a hub request: the tunnel (`meshgate-tunnel`) accepts a hub-opened stream and calls
 //! [`Surface`] → [`surface`] routes `/mcp/<server>` and owns the agent sessions ([`session`]) →
 //! the backend: [`device`] (in-process tools), [`stdio`] (shared / per-session supervised
-//! processes, each driven by a [`mux`] over [`supervisor`]-spawned children) or [`httpproxy`]
+//! processes, each driven by a `mux` over [`supervisor`]-spawned children) or [`httpproxy`]
 //! (local HTTP servers). Replies are built by [`body`]. [`config`] parses `edge.yaml`.
 
 pub mod body;

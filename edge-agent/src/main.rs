@@ -64,7 +64,7 @@ enum Cmd {
 
 #[derive(Subcommand, Debug)]
 enum PkiCmd {
-    /// Write ca.pem, hub.pem and <edge>.pem (with keys) into a directory.
+    /// Write ca.pem, hub.pem and EDGE.pem (with keys) into a directory.
     Quickstart {
         /// Output directory.
         #[arg(long)]

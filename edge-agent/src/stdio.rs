@@ -1,14 +1,14 @@
 //! Supervised stdio servers in their two sharing modes.
 //!
-//! - [`SharedServer`]: one process for every session. A supervisor task starts it (eagerly at
+//! - `SharedServer`: one process for every session. A supervisor task starts it (eagerly at
 //!   boot), restarts it with capped exponential backoff when it dies, stops it after
 //!   `idle_timeout` without sessions and restarts it lazily on the next use. Callers wait
 //!   (bounded) while it is starting and get the start failure's reason at once if it cannot start.
-//! - [`PerSessionServer`]: one process per session, taken from a pool of `prewarm` processes that
+//! - `PerSessionServer`: one process per session, taken from a pool of `prewarm` processes that
 //!   were spawned and initialized ahead of time; a background task refills the pool. Closing the
 //!   session (DELETE, idle reap) kills its process.
 //!
-//! Both hand requests to a [`Mux`]; sits between [`crate::Surface`] and [`crate::supervisor`].
+//! Both hand requests to a `Mux`; sits between [`crate::Surface`] and [`crate::supervisor`].
 
 use std::collections::{HashMap, VecDeque};
 use std::sync::{Arc, Mutex, Weak};

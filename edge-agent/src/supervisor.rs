@@ -2,7 +2,7 @@
 //! piped stdio, stderr into `tracing`), the registry of live process groups killed on agent exit,
 //! and the capped exponential restart backoff.
 //!
-//! Sits under [`crate::mux`] (which owns one spawned child) and [`crate::stdio`] (which decides
+//! Sits under `mux` (which owns one spawned child) and [`crate::stdio`] (which decides
 //! when to spawn and restart).
 
 use std::collections::HashSet;
