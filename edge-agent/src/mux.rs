@@ -17,7 +17,7 @@
 //! `InitializeResult`. Shared mode attaches many sessions to one `Mux`; per-session mode one.
 //! When the child exits every in-flight call fails at once with "stdio server 'x' exited (...)".
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex, Weak};
 use std::time::{Duration, Instant};
@@ -58,6 +58,9 @@ struct State {
     /// Agent server→client request id → (child's id, session it was sent to).
     s2c: HashMap<String, (Value, Weak<Session>)>,
     sessions: HashMap<String, Weak<Session>>,
+    /// Resource URI → sessions subscribed to it. The child sees one subscription per URI: the
+    /// first subscriber's `resources/subscribe` and the last one's `resources/unsubscribe`.
+    subs: HashMap<String, HashSet<String>>,
     last_caller: Option<Weak<Session>>,
     exited: Option<String>,
 }
@@ -233,9 +236,50 @@ impl Mux {
             .insert(s.id.clone(), Arc::downgrade(s));
     }
 
-    /// Detaches a session.
+    /// Detaches a session, dropping its resource subscriptions (the child is unsubscribed from
+    /// URIs nobody else watches; its answer is ignored).
     pub(crate) fn detach(&self, id: &str) {
-        lock(&self.st).sessions.remove(id);
+        let orphaned: Vec<String> = {
+            let mut st = lock(&self.st);
+            st.sessions.remove(id);
+            let mut gone = Vec::new();
+            st.subs.retain(|uri, set| {
+                if set.remove(id) && set.is_empty() {
+                    gone.push(uri.clone());
+                }
+                !set.is_empty()
+            });
+            gone
+        };
+        for uri in orphaned {
+            let n = self.next.fetch_add(1, Ordering::Relaxed);
+            self.write(&json!({"jsonrpc": "2.0", "id": n, "method": "resources/unsubscribe", "params": {"uri": uri}}));
+        }
+    }
+
+    /// Records a (un)subscription; `true` if the child must see it (first subscriber or last
+    /// unsubscriber), `false` if the agent answers it alone.
+    fn track_subscription(&self, session: &Session, method: &str, msg: &Value) -> bool {
+        let Some(uri) = msg.pointer("/params/uri").and_then(Value::as_str) else {
+            return true;
+        };
+        let mut st = lock(&self.st);
+        if method == mcp_wire::mcp::method::RESOURCES_SUBSCRIBE {
+            let set = st.subs.entry(uri.to_owned()).or_default();
+            let first = set.is_empty();
+            set.insert(session.id.clone());
+            first
+        } else {
+            let Some(set) = st.subs.get_mut(uri) else {
+                return true;
+            };
+            set.remove(&session.id);
+            let last = set.is_empty();
+            if last {
+                st.subs.remove(uri);
+            }
+            last
+        }
     }
 
     fn write(&self, v: &Value) -> bool {
@@ -263,8 +307,18 @@ impl Mux {
         mut msg: Value,
         sink: Option<Sink>,
     ) -> Result<Value, CallError> {
-        let n = self.next.fetch_add(1, Ordering::Relaxed);
         let orig_id = msg.get("id").cloned().unwrap_or(Value::Null);
+        let method = msg.get("method").and_then(Value::as_str).unwrap_or("");
+        if let Some(s) = session {
+            if (method == mcp_wire::mcp::method::RESOURCES_SUBSCRIBE
+                || method == mcp_wire::mcp::method::RESOURCES_UNSUBSCRIBE)
+                && !self.track_subscription(s, method, &msg)
+                && self.is_alive()
+            {
+                return Ok(crate::body::rpc_result(&orig_id, json!({})));
+            }
+        }
+        let n = self.next.fetch_add(1, Ordering::Relaxed);
         msg["id"] = json!(n);
         let mut token = None;
         if let Some(meta) = msg
@@ -499,6 +553,17 @@ impl Mux {
                     .is_some_and(|s| s.send(&v));
                 if !sent {
                     for s in st.sessions.values().filter_map(Weak::upgrade) {
+                        s.send_standalone(&v);
+                    }
+                }
+            }
+            m::RESOURCES_UPDATED => {
+                let uri = v
+                    .pointer("/params/uri")
+                    .and_then(Value::as_str)
+                    .unwrap_or("");
+                for id in st.subs.get(uri).into_iter().flatten() {
+                    if let Some(s) = st.sessions.get(id).and_then(Weak::upgrade) {
                         s.send_standalone(&v);
                     }
                 }

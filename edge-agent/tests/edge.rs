@@ -585,3 +585,48 @@ fn config_errors_name_the_field() {
     let v: Value = serde_json::json!(String::from_utf8_lossy(&out.stdout));
     assert!(v.as_str().unwrap().contains("config ok"));
 }
+
+#[test]
+fn resource_updates_reach_only_subscribed_sessions() {
+    let agent = Agent::start(&format!(
+        "device: {{ enabled: false }}\nservers:\n{}",
+        everything_entry("everything", "")
+    ));
+    let (a, _) = agent.initialize("everything");
+    let (b, _) = agent.initialize("everything");
+    let mut ga = support::get_stream(&agent.addr, "everything", &a);
+    let mut gb = support::get_stream(&agent.addr, "everything", &b);
+    let head = support::read_until(&mut ga, "\r\n\r\n", Duration::from_secs(5));
+    assert!(head.starts_with("HTTP/1.1 200"), "{head}");
+    support::read_until(&mut gb, "\r\n\r\n", Duration::from_secs(5));
+    let uri = "demo://resource/static/document/architecture.md";
+    let sub = format!(
+        r#"{{"jsonrpc":"2.0","id":"s","method":"resources/subscribe","params":{{"uri":"{uri}"}}}}"#
+    );
+    let r = agent.call("everything", &a, &sub);
+    assert!(r["result"].is_object(), "{r}");
+    let r = agent.call(
+        "everything",
+        &a,
+        r#"{"jsonrpc":"2.0","id":"t","method":"tools/call","params":{"name":"toggle-subscriber-updates","arguments":{}}}"#,
+    );
+    assert!(r["result"].is_object(), "{r}");
+    let got = support::read_until(
+        &mut ga,
+        "notifications/resources/updated",
+        Duration::from_secs(12),
+    );
+    assert!(
+        got.contains(uri),
+        "subscribed session A got no update: {got}"
+    );
+    let other = support::read_until(
+        &mut gb,
+        "notifications/resources/updated",
+        Duration::from_millis(500),
+    );
+    assert!(
+        !other.contains("resources/updated"),
+        "unsubscribed session B got: {other}"
+    );
+}

@@ -355,3 +355,38 @@ pub fn kill9(pid: i32) {
         .unwrap();
     assert!(st.success(), "kill -9 {pid}");
 }
+
+/// Opens a standalone GET SSE stream on a session; returns the socket after the headers.
+pub fn get_stream(addr: &str, server: &str, sid: &str) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "GET /mcp/{server} HTTP/1.1\r\nhost: {addr}\r\naccept: text/event-stream\r\nmcp-session-id: {sid}\r\n\r\n"
+    )
+    .unwrap();
+    s
+}
+
+/// Reads from `s` until `needle` appears or `within` passes; returns everything read.
+pub fn read_until(s: &mut TcpStream, needle: &str, within: Duration) -> String {
+    let deadline = Instant::now() + within;
+    let mut got = Vec::new();
+    let mut buf = [0u8; 4096];
+    while Instant::now() < deadline {
+        let left = deadline
+            .saturating_duration_since(Instant::now())
+            .max(Duration::from_millis(1));
+        s.set_read_timeout(Some(left)).unwrap();
+        match s.read(&mut buf) {
+            Ok(0) => break,
+            Ok(n) => {
+                got.extend_from_slice(&buf[..n]);
+                if String::from_utf8_lossy(&got).contains(needle) {
+                    break;
+                }
+            }
+            Err(_) => break,
+        }
+    }
+    String::from_utf8_lossy(&got).into_owned()
+}
