@@ -355,8 +355,10 @@ impl PerSessionServer {
             .filter(|m| m.is_alive())
             .map(|m| m.pid)
             .collect();
+        let live = crate::supervisor::live_children();
         let sessions: serde_json::Map<String, Value> = lock(&self.active)
             .iter()
+            .filter(|(_, pid)| live.contains(pid))
             .map(|(k, v)| (k.clone(), json!(v)))
             .collect();
         json!({

@@ -270,6 +270,12 @@ impl Surface {
         backend: Backend,
         req: Request<Incoming>,
     ) -> Response<BoxBody> {
+        let revision = req
+            .headers()
+            .get("mcp-protocol-version")
+            .and_then(|v| v.to_str().ok())
+            .unwrap_or(mcp_wire::mcp::DEFAULT_ASSUMED_REVISION)
+            .to_owned();
         let sess = if req.headers().contains_key("mcp-session-id") {
             Some(self.session(name, &req))
         } else {
@@ -300,103 +306,104 @@ impl Surface {
                 )
             }
         };
-        let Some(obj) = msg.as_object() else {
-            return http_rpc_error(
-                StatusCode::BAD_REQUEST,
-                None,
-                code::INVALID_REQUEST,
-                "Invalid Request: expected one JSON-RPC message object (batches are not supported)",
-            );
-        };
-        let method = obj.get("method").and_then(Value::as_str).map(str::to_owned);
-        let id = obj
-            .get("id")
-            .filter(|i| i.is_string() || i.is_number())
-            .cloned();
-        let is_response = obj.contains_key("result") || obj.contains_key("error");
-        if obj.get("jsonrpc").and_then(Value::as_str) != Some("2.0")
-            || (method.is_none() && !(is_response && id.is_some()))
-        {
-            return http_rpc_error(
-                StatusCode::BAD_REQUEST,
-                id.as_ref(),
-                code::INVALID_REQUEST,
-                "Invalid Request: not a JSON-RPC 2.0 request, notification or response",
-            );
+        if let Value::Array(items) = msg {
+            return self.batch(name, &backend, sess, &revision, items);
         }
-        if method.as_deref() == Some(mcp_wire::mcp::method::INITIALIZE) {
-            let Some(id) = id else {
+        let kind = match classify(&msg) {
+            Ok(k) => k,
+            Err(e) => {
                 return http_rpc_error(
                     StatusCode::BAD_REQUEST,
-                    None,
+                    msg.get("id"),
                     code::INVALID_REQUEST,
-                    "initialize must be a request",
-                );
-            };
-            return self.initialize(name, &backend, &id, &msg).await;
+                    e,
+                )
+            }
+        };
+        if let Msg::Request(m, id) = &kind {
+            if m == mcp_wire::mcp::method::INITIALIZE {
+                return self.initialize(name, &backend, id, &msg).await;
+            }
         }
         let s = match sess {
             Some(Ok(s)) => s,
             Some(Err(e)) => return e.response(name),
-            None => {
-                return http_rpc_error(
-                    StatusCode::BAD_REQUEST,
-                    id.as_ref(),
-                    code::INVALID_REQUEST,
-                    "Bad Request: Mcp-Session-Id header is required (send initialize first)",
-                )
-            }
+            None => return SessionError::Missing.response(name),
         };
-        match (method, id) {
-            (Some(m), Some(id)) => {
+        match kind {
+            Msg::Request(m, id) => {
                 if m == mcp_wire::mcp::method::PING {
                     return body::json(StatusCode::OK, &body::rpc_result(&id, json!({})));
                 }
-                match backend {
-                    Backend::Device => {
-                        body::json(StatusCode::OK, &crate::device::handle(&msg).await)
-                    }
-                    Backend::Shared(b, _) => {
-                        let (sink, sse) = Sink::new();
-                        tokio::spawn(async move {
-                            let r = b.call(&s, msg, sink.clone()).await;
-                            finish(&sink, &id, r);
-                        });
-                        body::sse(sse)
-                    }
-                    Backend::PerSession(b, _) => {
-                        let (sink, sse) = Sink::new();
-                        tokio::spawn(async move {
-                            let r = b.call(&s, msg, sink.clone()).await;
-                            finish(&sink, &id, r);
-                        });
-                        body::sse(sse)
-                    }
-                    Backend::Http(_) => body::status(StatusCode::INTERNAL_SERVER_ERROR),
+                if let Backend::Device = backend {
+                    return body::json(StatusCode::OK, &crate::device::handle(&msg).await);
                 }
+                let (sink, sse) = Sink::new();
+                spawn_request(backend, s, msg, id, sink);
+                body::sse(sse)
             }
-            (Some(_), None) => {
-                match backend {
-                    Backend::Shared(b, _) => b.notify(&s, msg),
-                    Backend::PerSession(b, _) => b.notify(&s, msg),
-                    Backend::Device | Backend::Http(_) => {}
-                }
+            Msg::Notification => {
+                notify(&backend, &s, msg);
                 body::status(StatusCode::ACCEPTED)
             }
-            (None, _) => {
-                let known = match backend {
-                    Backend::Shared(b, _) => b.respond(msg),
-                    Backend::PerSession(b, _) => b.respond(&s, msg),
-                    Backend::Device | Backend::Http(_) => false,
-                };
-                if !known {
-                    tracing::debug!(
-                        server = name,
-                        "client response for an unknown or expired request id"
-                    );
-                }
+            Msg::Response => {
+                respond(name, &backend, &s, msg);
                 body::status(StatusCode::ACCEPTED)
             }
+        }
+    }
+
+    /// A JSON-RPC batch (2025-03-26 only): requests answered on one SSE stream, which ends after
+    /// the last response; a batch of only notifications/responses gets 202.
+    fn batch(
+        &self,
+        name: &str,
+        backend: &Backend,
+        sess: Option<Result<Arc<Session>, SessionError>>,
+        revision: &str,
+        items: Vec<Value>,
+    ) -> Response<BoxBody> {
+        if !mcp_wire::mcp::allows_batch(revision) || items.is_empty() {
+            return http_rpc_error(
+                StatusCode::BAD_REQUEST,
+                None,
+                code::INVALID_REQUEST,
+                format!("Invalid Request: JSON-RPC batches are not allowed in protocol revision {revision} (send one message per POST)"),
+            );
+        }
+        let s = match sess {
+            Some(Ok(s)) => s,
+            Some(Err(e)) => return e.response(name),
+            None => return SessionError::Missing.response(name),
+        };
+        let (sink, sse) = Sink::new();
+        let mut answers = false;
+        for item in items {
+            match classify(&item) {
+                Ok(Msg::Request(m, id)) if m == mcp_wire::mcp::method::INITIALIZE => {
+                    answers = true;
+                    sink.send(&body::rpc_error(
+                        Some(&id),
+                        code::INVALID_REQUEST,
+                        "initialize must not be part of a batch",
+                    ));
+                }
+                Ok(Msg::Request(_, id)) => {
+                    answers = true;
+                    spawn_request(backend.clone(), s.clone(), item, id, sink.clone());
+                }
+                Ok(Msg::Notification) => notify(backend, &s, item),
+                Ok(Msg::Response) => respond(name, backend, &s, item),
+                Err(e) => {
+                    answers = true;
+                    sink.send(&body::rpc_error(item.get("id"), code::INVALID_REQUEST, e));
+                }
+            }
+        }
+        if answers {
+            body::sse(sse)
+        } else {
+            body::status(StatusCode::ACCEPTED)
         }
     }
 
@@ -418,7 +425,17 @@ impl Surface {
             Backend::Http(_) => Err("unreachable".to_owned()),
         };
         match result {
-            Ok(r) => {
+            Ok(mut r) => {
+                // The agent is the server this client talks to: it speaks any legacy revision
+                // the client asks for (transport rules follow the client's revision; message
+                // shapes are the child's and compatible across legacy revisions).
+                if let Some(rev) = msg
+                    .pointer("/params/protocolVersion")
+                    .and_then(Value::as_str)
+                    .and_then(mcp_wire::mcp::legacy_revision)
+                {
+                    r["protocolVersion"] = json!(rev);
+                }
                 // The backend may have waited for a process start: the idle clock starts now.
                 s.touch();
                 lock(&self.inner.sessions).insert(s.id.clone(), s.clone());
@@ -463,6 +480,74 @@ impl SessionError {
                 ),
             ),
         }
+    }
+}
+
+/// What a posted JSON-RPC message is.
+enum Msg {
+    /// A request: method and id.
+    Request(String, Value),
+    /// A notification.
+    Notification,
+    /// A response (the client answering a server→client request).
+    Response,
+}
+
+fn classify(v: &Value) -> Result<Msg, &'static str> {
+    let Some(obj) = v.as_object() else {
+        return Err("Invalid Request: expected a JSON-RPC message object");
+    };
+    if obj.get("jsonrpc").and_then(Value::as_str) != Some("2.0") {
+        return Err("Invalid Request: jsonrpc must be \"2.0\"");
+    }
+    let id = obj
+        .get("id")
+        .filter(|i| i.is_string() || i.is_number())
+        .cloned();
+    match (obj.get("method"), id) {
+        (Some(Value::String(m)), Some(id)) => Ok(Msg::Request(m.clone(), id)),
+        (Some(Value::String(_)), None) if !obj.contains_key("id") => Ok(Msg::Notification),
+        (None, Some(_)) if obj.contains_key("result") || obj.contains_key("error") => {
+            Ok(Msg::Response)
+        }
+        _ => Err("Invalid Request: not a JSON-RPC 2.0 request, notification or response"),
+    }
+}
+
+/// Runs a request in the background; its related messages and then its response go to `sink`.
+fn spawn_request(backend: Backend, s: Arc<Session>, msg: Value, id: Value, sink: Sink) {
+    tokio::spawn(async move {
+        let r = match &backend {
+            Backend::Device => Ok(crate::device::handle(&msg).await),
+            Backend::Shared(b, _) => b.call(&s, msg, sink.clone()).await,
+            Backend::PerSession(b, _) => b.call(&s, msg, sink.clone()).await,
+            Backend::Http(_) => Err(CallError::Exited(
+                "http servers are proxied, not dispatched".to_owned(),
+            )),
+        };
+        finish(&sink, &id, r);
+    });
+}
+
+fn notify(backend: &Backend, s: &Session, msg: Value) {
+    match backend {
+        Backend::Shared(b, _) => b.notify(s, msg),
+        Backend::PerSession(b, _) => b.notify(s, msg),
+        Backend::Device | Backend::Http(_) => {}
+    }
+}
+
+fn respond(name: &str, backend: &Backend, s: &Session, msg: Value) {
+    let known = match backend {
+        Backend::Shared(b, _) => b.respond(msg),
+        Backend::PerSession(b, _) => b.respond(s, msg),
+        Backend::Device | Backend::Http(_) => false,
+    };
+    if !known {
+        tracing::debug!(
+            server = name,
+            "client response for an unknown or expired request id"
+        );
     }
 }
 

@@ -630,3 +630,58 @@ fn resource_updates_reach_only_subscribed_sessions() {
         "unsubscribed session B got: {other}"
     );
 }
+
+#[test]
+fn batches_only_in_2025_03_26() {
+    let agent = Agent::start(&format!(
+        "edge: {{ id: edge-b }}\nservers:\n{}",
+        everything_entry("everything", "")
+    ));
+    for server in ["device", "everything"] {
+        let (sid, _) = agent.initialize(server);
+        let batch = r#"[{"jsonrpc":"2.0","id":1,"method":"tools/list"},{"jsonrpc":"2.0","method":"notifications/roots/list_changed"},{"jsonrpc":"2.0","id":2,"method":"ping"},{"jsonrpc":"2.0","id":3}]"#;
+        // No MCP-Protocol-Version header: 2025-03-26 is assumed, batches are allowed.
+        let r = http(
+            &agent.addr,
+            "POST",
+            &format!("/mcp/{server}"),
+            &[("mcp-session-id", &sid)],
+            Some(batch),
+        );
+        assert_eq!(r.status, 200, "{}", r.body);
+        let msgs = r.messages();
+        assert_eq!(msgs.len(), 3, "{server}: {}", r.body);
+        let by_id = |id: i64| {
+            msgs.iter()
+                .find(|m| m["id"] == id)
+                .unwrap_or_else(|| panic!("no id {id}: {}", r.body))
+        };
+        assert!(by_id(1)["result"]["tools"]
+            .as_array()
+            .is_some_and(|t| !t.is_empty()));
+        assert!(by_id(2)["result"].is_object());
+        assert_eq!(by_id(3)["error"]["code"], -32600);
+        // Notifications only → 202.
+        let r = http(
+            &agent.addr,
+            "POST",
+            &format!("/mcp/{server}"),
+            &[("mcp-session-id", &sid)],
+            Some(r#"[{"jsonrpc":"2.0","method":"notifications/roots/list_changed"}]"#),
+        );
+        assert_eq!(r.status, 202);
+        // 2025-06-18 forbids batches.
+        let r = http(
+            &agent.addr,
+            "POST",
+            &format!("/mcp/{server}"),
+            &[
+                ("mcp-session-id", &sid),
+                ("mcp-protocol-version", "2025-06-18"),
+            ],
+            Some(batch),
+        );
+        assert_eq!(r.status, 400);
+        assert_eq!(r.json()["error"]["code"], -32600);
+    }
+}
