@@ -195,16 +195,14 @@ async fn dial(cfg: &DialConfig, prep: &Prepared) -> Result<(Link, Transport, Soc
     if let Some(client) = &prep.quic {
         for &addr in &addrs {
             let attempt = dial_quic(client, addr, &cfg.server_name);
-            let res = if cfg.transport == TransportChoice::Auto {
-                match tokio::time::timeout(cfg.quic_timeout, attempt).await {
-                    Ok(r) => r,
-                    Err(_) => Err(format!(
-                        "quic handshake with {addr}: no answer within {:?}",
-                        cfg.quic_timeout
-                    )),
-                }
-            } else {
-                attempt.await
+            // Bounded in every mode: a handshake stuck on a dead path is abandoned and the next
+            // attempt starts fresh (after backoff) instead of waiting out the idle timeout.
+            let res = match tokio::time::timeout(cfg.quic_timeout, attempt).await {
+                Ok(r) => r,
+                Err(_) => Err(format!(
+                    "quic handshake with {addr}: no answer within {:?}",
+                    cfg.quic_timeout
+                )),
             };
             match res {
                 Ok(link) => return Ok((link, Transport::Quic, addr)),

@@ -1,0 +1,583 @@
+//! Edge tunnels end to end, with real processes: the `meshgate` hub, the `meshgate-edge` agent
+//! (dialing out over QUIC, or TLS over TCP), a real stdio MCP server (`server-everything` from
+//! npm) supervised by the agent, the agent's built-in device tools, and the official TypeScript
+//! SDK client talking to the hub.
+//!
+//! The partition tests put the agent in its own network namespace joined to the hub by a veth
+//! pair, and cut the link with `ip link set down` (they need root and iproute2, as CI has).
+
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
+
+mod support;
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+use std::process::{Child, Command, Stdio};
+use std::time::{Duration, Instant};
+
+use support::*;
+
+/// Certificates for one test: a CA, the hub's (for `names`), and one per edge id.
+struct Certs {
+    dir: PathBuf,
+}
+
+impl Certs {
+    fn new(tag: &str, hub_names: &[&str], edges: &[&str]) -> Certs {
+        let dir = scratch(tag);
+        let names: Vec<String> = hub_names.iter().map(|s| s.to_string()).collect();
+        let edges: Vec<String> = edges.iter().map(|s| s.to_string()).collect();
+        meshgate_tunnel::pki::quickstart(&dir, &names, &edges).expect("quickstart PKI");
+        Certs { dir }
+    }
+    fn path(&self, f: &str) -> String {
+        self.dir.join(f).display().to_string()
+    }
+}
+
+/// The `meshgate-edge` binary next to `meshgate` (built by `cargo test --workspace`; built here
+/// when a narrower `cargo test -p dataplane` left it out).
+fn edge_bin() -> PathBuf {
+    let hub = PathBuf::from(env!("CARGO_BIN_EXE_meshgate"));
+    let bin = hub.with_file_name("meshgate-edge");
+    if !bin.exists() {
+        let status = Command::new(env!("CARGO"))
+            .args(["build", "-p", "edge-agent", "--bin", "meshgate-edge"])
+            .status()
+            .expect("run cargo build");
+        assert!(status.success(), "building meshgate-edge failed");
+    }
+    bin
+}
+
+/// A free port number on loopback (TCP checked; the hub binds UDP and TCP on it).
+fn free_port() -> u16 {
+    closed_port()
+}
+
+fn hub_yaml(certs: &Certs, edge_listen: &str, extra: &str) -> String {
+    format!(
+        "listen: 127.0.0.1:0\nworkers: 2\nsession:\n  idle_ttl: 10m\nedge:\n  listen: {edge_listen}\n  ca: {}\n  cert: {}\n  key: {}\n  keepalive: 500ms\n  idle_timeout: 2s\n{extra}",
+        certs.path("ca.pem"),
+        certs.path("hub.pem"),
+        certs.path("hub-key.pem"),
+    )
+}
+
+fn everything_cmd() -> (String, Vec<String>) {
+    let (node, kit) = require_node_kit();
+    let script = kit.join("node_modules/@modelcontextprotocol/server-everything/dist/index.js");
+    (
+        node.display().to_string(),
+        vec![script.display().to_string(), "stdio".into()],
+    )
+}
+
+/// Agent config: the device tools plus server-everything (shared stdio).
+fn edge_yaml(certs: &Certs, id: &str, hub: &str, server_name: &str, transport: &str) -> String {
+    let (node, args) = everything_cmd();
+    let args = args
+        .iter()
+        .map(|a| format!("\"{a}\""))
+        .collect::<Vec<_>>()
+        .join(", ");
+    format!(
+        "edge:\n  id: {id}\nhub:\n  addr: \"{hub}\"\n  server_name: {server_name}\n  ca: {}\n  cert: {}\n  key: {}\n  transport: {transport}\n  backoff_max: 400ms\ndevice:\n  enabled: true\nservers:\n  - name: everything\n    kind: stdio\n    command: \"{node}\"\n    args: [{args}]\n    mode: shared\n",
+        certs.path("ca.pem"),
+        certs.path(&format!("{id}.pem")),
+        certs.path(&format!("{id}-key.pem")),
+    )
+}
+
+/// A running agent; its process group is killed on drop.
+struct Agent {
+    child: Child,
+    log: PathBuf,
+}
+
+impl Agent {
+    fn start(yaml: &str, netns: Option<&str>) -> Agent {
+        use std::os::unix::process::CommandExt;
+        let dir = scratch("edge");
+        let cfg = dir.join("edge.yaml");
+        std::fs::write(&cfg, yaml).unwrap();
+        let log = dir.join("edge.log");
+        let mut cmd = match netns {
+            Some(ns) => {
+                let mut c = Command::new("ip");
+                c.args(["netns", "exec", ns]).arg(edge_bin());
+                c
+            }
+            None => Command::new(edge_bin()),
+        };
+        cmd.arg("run")
+            .arg("--config")
+            .arg(&cfg)
+            .env("MESHGATE_LOG", "info")
+            .stdout(Stdio::null())
+            .stderr(std::fs::File::create(&log).unwrap())
+            .process_group(0);
+        let child = cmd.spawn().expect("spawn meshgate-edge");
+        Agent { child, log }
+    }
+    fn log(&self) -> String {
+        std::fs::read_to_string(&self.log).unwrap_or_default()
+    }
+    fn kill9(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+impl Drop for Agent {
+    fn drop(&mut self) {
+        let _ = Command::new("kill")
+            .args(["-s", "KILL", "--", &format!("-{}", self.child.id())])
+            .stderr(Stdio::null())
+            .status();
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+}
+
+/// Tool names the hub lists for a fresh session.
+fn tool_names(hub: &Hub) -> Vec<String> {
+    let sid = initialize(hub, "2025-11-25");
+    let r = post(
+        hub,
+        Some(&sid),
+        r#"{"jsonrpc":"2.0","id":2,"method":"tools/list"}"#,
+        &[],
+    );
+    let v = r.json();
+    v["result"]["tools"]
+        .as_array()
+        .map(|a| {
+            a.iter()
+                .filter_map(|t| t["name"].as_str().map(str::to_string))
+                .collect()
+        })
+        .unwrap_or_default()
+}
+
+/// Waits (bounded) until `pred` holds for the hub's tool list; returns how long it took.
+fn wait_tools(hub: &Hub, within: Duration, pred: impl Fn(&[String]) -> bool) -> Option<Duration> {
+    let t0 = Instant::now();
+    while t0.elapsed() < within {
+        if pred(&tool_names(hub)) {
+            return Some(t0.elapsed());
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    None
+}
+
+fn has(names: &[String], n: &str) -> bool {
+    names.iter().any(|x| x == n)
+}
+
+fn start_edge_hub(certs: &Certs, edge_listen: &str) -> (Hub, SocketAddr) {
+    let hub = start_hub(&hub_yaml(certs, edge_listen, ""), "auto");
+    let addr: SocketAddr = edge_listen.parse().unwrap();
+    (hub, addr)
+}
+
+#[test]
+fn sdk_client_uses_edge_stdio_server_and_device_tools_through_the_hub() {
+    let certs = Certs::new("edge-e2e", &["localhost", "127.0.0.1"], &["edge-1"]);
+    let port = free_port();
+    let (hub, _) = start_edge_hub(&certs, &format!("127.0.0.1:{port}"));
+    let agent = Agent::start(
+        &edge_yaml(
+            &certs,
+            "edge-1",
+            &format!("127.0.0.1:{port}"),
+            "localhost",
+            "quic",
+        ),
+        None,
+    );
+    let up = wait_tools(&hub, Duration::from_secs(30), |n| {
+        has(n, "everything__echo") && has(n, "device__cpu")
+    });
+    assert!(
+        up.is_some(),
+        "edge tools never reached the hub: {:?}\n--- hub ---\n{}\n--- edge ---\n{}",
+        tool_names(&hub),
+        hub.stderr(),
+        agent.log()
+    );
+    // The hub logs the edge with its transport and certificate identity.
+    assert!(hub.stderr().contains("edge connected"), "{}", hub.stderr());
+    // A device tool through the hub.
+    let sid = initialize(&hub, "2025-11-25");
+    let cpu = call_tool(&hub, &sid, "device__cpu", "{}");
+    assert!(cpu["result"]["structuredContent"].is_object(), "{cpu}");
+    // The official SDK client runs server-everything's scenarios through hub and tunnel:
+    // tools, progress, a server→client request (sampling, elicitation), logging, resources.
+    let (node, kit) = require_node_kit();
+    let out = Command::new(&node)
+        .arg(kit.join("e2e-client.mjs"))
+        .args([
+            "--url",
+            &hub.url,
+            "--direct",
+            "--everything",
+            "everything__",
+        ])
+        .output()
+        .expect("run e2e-client.mjs");
+    let text = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success() && text.contains(" 0 failed"),
+        "SDK client through the edge tunnel failed:\n{text}\n{}\n--- hub ---\n{}\n--- edge ---\n{}",
+        String::from_utf8_lossy(&out.stderr),
+        hub.stderr(),
+        agent.log()
+    );
+    for must in ["progress", "sampling"] {
+        assert!(
+            text.lines()
+                .any(|l| l.starts_with("ok - ") && l.contains(must) && !l.contains("SKIP")),
+            "no passing {must} scenario:\n{text}"
+        );
+    }
+}
+
+/// The agent's open sockets: it must not listen on any TCP port.
+fn tcp_listen_inodes_of(pid: u32) -> Vec<String> {
+    let mut inodes = Vec::new();
+    for file in ["tcp", "tcp6"] {
+        let Ok(t) = std::fs::read_to_string(format!("/proc/{pid}/net/{file}")) else {
+            continue;
+        };
+        for line in t.lines().skip(1) {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            if f.len() > 9 && f[3] == "0A" {
+                inodes.push(f[9].to_string());
+            }
+        }
+    }
+    let mine: Vec<String> = std::fs::read_dir(format!("/proc/{pid}/fd"))
+        .map(|d| {
+            d.filter_map(|e| e.ok())
+                .filter_map(|e| std::fs::read_link(e.path()).ok())
+                .map(|p| p.display().to_string())
+                .filter_map(|s| {
+                    s.strip_prefix("socket:[")
+                        .and_then(|r| r.strip_suffix(']'))
+                        .map(str::to_string)
+                })
+                .collect()
+        })
+        .unwrap_or_default();
+    inodes.into_iter().filter(|i| mine.contains(i)).collect()
+}
+
+#[test]
+fn agent_opens_no_listening_socket_and_its_tools_leave_and_return_with_it() {
+    let certs = Certs::new("edge-presence", &["localhost", "127.0.0.1"], &["edge-1"]);
+    let port = free_port();
+    let (hub, _) = start_edge_hub(&certs, &format!("127.0.0.1:{port}"));
+    let yaml = edge_yaml(
+        &certs,
+        "edge-1",
+        &format!("127.0.0.1:{port}"),
+        "127.0.0.1",
+        "auto",
+    );
+    let mut agent = Agent::start(&yaml, None);
+    assert!(
+        wait_tools(&hub, Duration::from_secs(30), |n| has(n, "device__cpu")).is_some(),
+        "{}\n{}",
+        hub.stderr(),
+        agent.log()
+    );
+    let listening = tcp_listen_inodes_of(agent.child.id());
+    assert!(listening.is_empty(), "the agent listens: {listening:?}");
+    // Kill the agent outright: the tunnel goes silent, the hub drops its tools.
+    agent.kill9();
+    assert!(
+        wait_tools(&hub, Duration::from_secs(8), |n| !has(n, "device__cpu")).is_some(),
+        "tools of a dead edge stayed listed"
+    );
+    let sid = initialize(&hub, "2025-11-25");
+    let t0 = Instant::now();
+    let m = call_tool(&hub, &sid, "device__cpu", "{}");
+    assert!(m["error"].is_object(), "{m}");
+    assert!(
+        t0.elapsed() < Duration::from_secs(1),
+        "a call to a lost edge must fail fast"
+    );
+    // Back: the tools return.
+    let agent2 = Agent::start(&yaml, None);
+    assert!(
+        wait_tools(&hub, Duration::from_secs(30), |n| has(n, "device__cpu")).is_some(),
+        "{}",
+        agent2.log()
+    );
+    let m = call_tool(&hub, &sid, "device__cpu", "{}");
+    assert!(
+        m["result"].is_object(),
+        "the session goes on with the returned edge: {m}"
+    );
+}
+
+#[test]
+fn wrong_ca_or_unknown_client_certificate_is_refused_on_both_sides() {
+    let certs = Certs::new("edge-good", &["localhost", "127.0.0.1"], &["edge-1"]);
+    let other = Certs::new("edge-other", &["localhost", "127.0.0.1"], &["edge-1"]);
+    let port = free_port();
+    let (hub, _) = start_edge_hub(&certs, &format!("127.0.0.1:{port}"));
+    // Edge certificate from another CA: the hub refuses the client.
+    let bad_client = Agent::start(
+        &edge_yaml(
+            &other,
+            "edge-1",
+            &format!("127.0.0.1:{port}"),
+            "127.0.0.1",
+            "tcp",
+        ),
+        None,
+    );
+    // Edge pinning another CA: it refuses the hub.
+    let mut yaml = edge_yaml(
+        &certs,
+        "edge-1",
+        &format!("127.0.0.1:{port}"),
+        "127.0.0.1",
+        "quic",
+    );
+    yaml = yaml.replace(&certs.path("ca.pem"), &other.path("ca.pem"));
+    let bad_server = Agent::start(&yaml, None);
+    let deadline = Instant::now() + Duration::from_secs(15);
+    let mut ok = false;
+    while Instant::now() < deadline {
+        let h = hub.stderr().to_lowercase();
+        let c = bad_client.log().to_lowercase();
+        let s = bad_server.log().to_lowercase();
+        if h.contains("refused") && c.contains("certificate") && s.contains("certificate") {
+            ok = true;
+            break;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    assert!(
+        ok,
+        "--- hub ---\n{}\n--- edge with foreign cert ---\n{}\n--- edge pinning foreign CA ---\n{}",
+        hub.stderr(),
+        bad_client.log(),
+        bad_server.log()
+    );
+    assert!(!has(&tool_names(&hub), "device__cpu"));
+}
+
+/// A network namespace for the agent, joined to the root namespace by a veth pair; removed
+/// on drop.
+struct Netns {
+    ns: String,
+    host_if: String,
+    hub_ip: String,
+}
+
+impl Netns {
+    fn new(tag: u32) -> Netns {
+        let id = std::process::id() % 10_000;
+        let ns = format!("mgedge{id}x{tag}");
+        let host_if = format!("mgh{id}x{tag}");
+        let edge_if = format!("mge{id}x{tag}");
+        let net = 200 + tag;
+        let hub_ip = format!("10.{}.{}.1", 77, net);
+        let edge_ip = format!("10.{}.{}.2", 77, net);
+        let sh = |args: &[&str]| {
+            let out = Command::new("ip").args(args).output().expect("run ip");
+            assert!(
+                out.status.success(),
+                "ip {args:?}: {}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+        };
+        let _ = Command::new("ip").args(["netns", "del", &ns]).output();
+        let _ = Command::new("ip").args(["link", "del", &host_if]).output();
+        sh(&["netns", "add", &ns]);
+        let n = Netns {
+            ns: ns.clone(),
+            host_if: host_if.clone(),
+            hub_ip: hub_ip.clone(),
+        };
+        sh(&[
+            "link", "add", &host_if, "type", "veth", "peer", "name", &edge_if,
+        ]);
+        sh(&["link", "set", &edge_if, "netns", &ns]);
+        sh(&["addr", "add", &format!("{hub_ip}/24"), "dev", &host_if]);
+        sh(&["link", "set", &host_if, "up"]);
+        sh(&[
+            "netns",
+            "exec",
+            &ns,
+            "ip",
+            "addr",
+            "add",
+            &format!("{edge_ip}/24"),
+            "dev",
+            &edge_if,
+        ]);
+        sh(&["netns", "exec", &ns, "ip", "link", "set", &edge_if, "up"]);
+        sh(&["netns", "exec", &ns, "ip", "link", "set", "lo", "up"]);
+        n
+    }
+    fn link(&self, up: bool) {
+        let st = Command::new("ip")
+            .args(["link", "set", &self.host_if, if up { "up" } else { "down" }])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+    /// Makes every UDP packet leaving the namespace fail (a policy rule ahead of the main table).
+    fn block_udp(&self) {
+        let st = Command::new("ip")
+            .args([
+                "netns", "exec", &self.ns, "ip", "rule", "add", "pref", "100", "ipproto", "udp",
+                "prohibit",
+            ])
+            .status()
+            .unwrap();
+        assert!(st.success());
+    }
+}
+
+impl Drop for Netns {
+    fn drop(&mut self) {
+        let _ = Command::new("ip")
+            .args(["link", "del", &self.host_if])
+            .output();
+        let _ = Command::new("ip").args(["netns", "del", &self.ns]).output();
+    }
+}
+
+fn require_netns() {
+    let out = Command::new("ip").args(["netns", "list"]).output();
+    assert!(
+        out.is_ok_and(|o| o.status.success()),
+        "these tests need root and iproute2 (`ip netns`); .ci/run installs iproute2"
+    );
+}
+
+#[test]
+fn partition_fails_calls_fast_and_tools_return_within_two_seconds_of_the_link() {
+    require_netns();
+    let net = Netns::new(1);
+    let certs = Certs::new("edge-part", &["localhost", &net.hub_ip], &["edge-1"]);
+    let port = free_port();
+    let listen = format!("{}:{port}", net.hub_ip);
+    let (hub, _) = start_edge_hub(&certs, &listen);
+    let agent = Agent::start(
+        &edge_yaml(&certs, "edge-1", &listen, &net.hub_ip, "quic"),
+        Some(&net.ns),
+    );
+    assert!(
+        wait_tools(&hub, Duration::from_secs(30), |n| has(
+            n,
+            "everything__echo"
+        ))
+        .is_some(),
+        "{}\n{}",
+        hub.stderr(),
+        agent.log()
+    );
+    // Load: sessions calling echo in a loop while the link is cut.
+    let sids: Vec<String> = (0..4).map(|_| initialize(&hub, "2025-11-25")).collect();
+    for sid in &sids {
+        let m = call_tool(&hub, sid, "everything__echo", r#"{"message":"hi"}"#);
+        assert!(m["result"].is_object(), "{m}");
+    }
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let hub_target = hub.addr;
+    let workers: Vec<_> = sids
+        .iter()
+        .cloned()
+        .map(|sid| {
+            let stop = stop.clone();
+            std::thread::spawn(move || {
+                let mut worst_failure = Duration::ZERO;
+                let (mut ok, mut failed) = (0u32, 0u32);
+                while !stop.load(std::sync::atomic::Ordering::Relaxed) {
+                    let t0 = Instant::now();
+                    let m = call_tool(&hub_target, &sid, "everything__echo", r#"{"message":"hi"}"#);
+                    if m["result"].is_object() {
+                        ok += 1;
+                    } else {
+                        failed += 1;
+                        worst_failure = worst_failure.max(t0.elapsed());
+                    }
+                    std::thread::sleep(Duration::from_millis(20));
+                }
+                (ok, failed, worst_failure)
+            })
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(500));
+    net.link(false);
+    let gone = wait_tools(&hub, Duration::from_secs(10), |n| {
+        !has(n, "everything__echo")
+    });
+    assert!(gone.is_some(), "tools stayed listed after the link was cut");
+    std::thread::sleep(Duration::from_millis(1500));
+    net.link(true);
+    let back = wait_tools(&hub, Duration::from_secs(10), |n| {
+        has(n, "everything__echo")
+    });
+    std::thread::sleep(Duration::from_millis(500));
+    stop.store(true, std::sync::atomic::Ordering::Relaxed);
+    let results: Vec<_> = workers.into_iter().map(|w| w.join().unwrap()).collect();
+    let back =
+        back.unwrap_or_else(|| panic!("tools did not return\n{}\n{}", hub.stderr(), agent.log()));
+    println!("tools left {gone:?} after the cut, returned {back:?} after the link came back; per session (ok, failed, slowest failure): {results:?}");
+    assert!(
+        back <= Duration::from_secs(2),
+        "tools returned after {back:?}"
+    );
+    for (ok, failed, worst) in &results {
+        assert!(*ok > 0 && *failed > 0, "{results:?}");
+        // A call stuck on the cut link ends within the tunnel's idle timeout (2 s) plus margin.
+        assert!(
+            *worst < Duration::from_secs(4),
+            "a failing call took {worst:?}"
+        );
+    }
+    // Every session works again after the link is back.
+    for sid in &sids {
+        let m = call_tool(&hub, sid, "everything__echo", r#"{"message":"again"}"#);
+        assert!(m["result"].is_object(), "{m}");
+    }
+}
+
+#[test]
+fn blocked_udp_falls_back_to_tls_over_tcp() {
+    require_netns();
+    let net = Netns::new(2);
+    net.block_udp();
+    let certs = Certs::new("edge-udp", &["localhost", &net.hub_ip], &["edge-1"]);
+    let port = free_port();
+    let listen = format!("{}:{port}", net.hub_ip);
+    let (hub, _) = start_edge_hub(&certs, &listen);
+    let agent = Agent::start(
+        &edge_yaml(&certs, "edge-1", &listen, &net.hub_ip, "auto"),
+        Some(&net.ns),
+    );
+    assert!(
+        wait_tools(&hub, Duration::from_secs(30), |n| has(n, "device__cpu")).is_some(),
+        "{}\n{}",
+        hub.stderr(),
+        agent.log()
+    );
+    let log = hub.stderr();
+    let line = log
+        .lines()
+        .find(|l| l.contains("edge connected"))
+        .unwrap_or_default();
+    assert!(line.contains("tcp"), "expected the TCP fallback: {line}");
+    let sid = initialize(&hub, "2025-11-25");
+    let m = call_tool(&hub, &sid, "device__load", "{}");
+    assert!(m["result"].is_object(), "{m}");
+}
