@@ -525,6 +525,8 @@ fn spawn_request(backend: Backend, s: Arc<Session>, msg: Value, id: Value, sink:
                 "http servers are proxied, not dispatched".to_owned(),
             )),
         };
+        // A long call is activity too: the idle clock restarts when it ends.
+        s.touch();
         finish(&sink, &id, r);
     });
 }
