@@ -76,6 +76,12 @@ struct RawHub {
     transport: Option<String>,
     #[serde(default)]
     backoff_max: Option<String>,
+    #[serde(default)]
+    keepalive: Option<String>,
+    #[serde(default)]
+    idle_timeout: Option<String>,
+    #[serde(default)]
+    quic_timeout: Option<String>,
 }
 
 #[derive(Debug, Deserialize)]
@@ -161,8 +167,15 @@ pub struct HubConfig {
     pub key: PathBuf,
     /// Transport choice.
     pub transport: Transport,
-    /// Reconnect backoff cap.
+    /// Reconnect backoff cap (full jitter below it).
     pub backoff_max: Duration,
+    /// Tunnel keep-alive interval.
+    pub keepalive: Duration,
+    /// A tunnel silent this long is dead (then the agent reconnects).
+    pub idle_timeout: Duration,
+    /// How long a QUIC handshake may take before the attempt (and, with `auto`, the fallback to
+    /// TLS over TCP) moves on.
+    pub quic_timeout: Duration,
 }
 
 /// One local MCP server.
@@ -441,9 +454,28 @@ fn validate_hub(h: RawHub) -> Result<HubConfig, ConfigError> {
         }
     };
     let backoff_max = match h.backoff_max.as_deref() {
-        None => Duration::from_secs(30),
+        None => Duration::from_secs(5),
         Some(d) => parse_duration(d).map_err(|e| field_err("hub.backoff_max", e))?,
     };
+    let dur = |field: &str, v: Option<&str>, default_ms: u64| -> Result<Duration, ConfigError> {
+        match v {
+            None => Ok(Duration::from_millis(default_ms)),
+            Some(d) => match parse_duration(d) {
+                Ok(x) if !x.is_zero() => Ok(x),
+                Ok(_) => Err(field_err(field, "must be greater than zero".to_string())),
+                Err(e) => Err(field_err(field, e)),
+            },
+        }
+    };
+    let keepalive = dur("hub.keepalive", h.keepalive.as_deref(), 1000)?;
+    let idle_timeout = dur("hub.idle_timeout", h.idle_timeout.as_deref(), 3000)?;
+    let quic_timeout = dur("hub.quic_timeout", h.quic_timeout.as_deref(), 1000)?;
+    if idle_timeout <= keepalive {
+        return Err(field_err(
+            "hub.idle_timeout",
+            "must be longer than hub.keepalive".to_string(),
+        ));
+    }
     Ok(HubConfig {
         addr: h.addr,
         server_name: h.server_name.unwrap_or(host),
@@ -452,6 +484,9 @@ fn validate_hub(h: RawHub) -> Result<HubConfig, ConfigError> {
         key: h.key,
         transport,
         backoff_max,
+        keepalive,
+        idle_timeout,
+        quic_timeout,
     })
 }
 

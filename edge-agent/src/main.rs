@@ -152,12 +152,32 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 edge_agent::config::Transport::Tcp => meshgate_tunnel::TransportChoice::Tcp,
             };
             dial.backoff_max = hub.backoff_max;
+            dial.keepalive = hub.keepalive;
+            dial.idle_timeout = hub.idle_timeout;
+            dial.quic_timeout = hub.quic_timeout;
             runtime()?.block_on(async move {
                 let surface = Surface::new(&c).map_err(anyhow::Error::msg)?;
                 tracing::info!(edge = %c.edge_id, hub = %dial.hub, "meshgate-edge running");
                 let s2 = surface.clone();
+                // A lost tunnel ends every session: the hub forgets them at the same moment.
+                let (events, mut rx) = tokio::sync::mpsc::unbounded_channel();
+                let s3 = surface.clone();
+                tokio::spawn(async move {
+                    let mut was_up = false;
+                    while let Some(ev) = rx.recv().await {
+                        match ev {
+                            meshgate_tunnel::LinkEvent::Up { .. } => was_up = true,
+                            meshgate_tunnel::LinkEvent::Down { .. } if was_up => {
+                                was_up = false;
+                                let n = s3.end_all_sessions();
+                                tracing::info!(sessions = n, "tunnel lost: sessions ended");
+                            }
+                            meshgate_tunnel::LinkEvent::Down { .. } => {}
+                        }
+                    }
+                });
                 tokio::select! {
-                    r = meshgate_tunnel::edge::run(dial, surface, None) => {
+                    r = meshgate_tunnel::edge::run(dial, surface, Some(events)) => {
                         s2.shutdown();
                         match r {
                             Ok(never) => match never {},

@@ -122,6 +122,23 @@ impl Surface {
         json!({"edge": self.inner.edge_id, "servers": self.inner.announce})
     }
 
+    /// Ends every session (their per-session processes stop, shared servers forget them).
+    /// Called when the tunnel is lost: the hub forgets its upstream sessions on this edge at
+    /// the same moment and opens fresh ones when the edge returns, so nothing would ever use
+    /// the old ones again.
+    pub fn end_all_sessions(&self) -> usize {
+        let all: Vec<Arc<Session>> = lock(&self.inner.sessions).drain().map(|(_, s)| s).collect();
+        for s in &all {
+            s.close_streams();
+            match self.inner.servers.get(&*s.server) {
+                Some(Backend::Shared(b, _)) => b.close(s),
+                Some(Backend::PerSession(b, _)) => b.close(s),
+                Some(Backend::Device | Backend::Http(_)) | None => {}
+            }
+        }
+        all.len()
+    }
+
     /// Kills every child process (agent shutdown).
     pub fn shutdown(&self) {
         crate::supervisor::kill_all_children();
