@@ -18,6 +18,7 @@
 //! [`demo`] holds the two example servers of `meshgate --demo`; [`ring`] is the bounded-load
 //! consistent-hash ring that step 7 (`affinity`) will use for upstream and hub replicas;
 //! [`edge`] accepts edge tunnels on its own thread and bridges edge slots to them.
+//! [`store`] is the shared session store (memory, or Redis with sealed values) for takeover.
 
 pub mod admit;
 pub mod config;
@@ -32,6 +33,7 @@ pub mod preflight;
 pub mod ring;
 pub mod server;
 pub mod session;
+pub mod store;
 pub mod upstream;
 pub mod worker;
 
