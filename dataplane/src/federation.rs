@@ -8,6 +8,8 @@
 //!   list, base64url-wrapped); an unreadable cursor is `-32602`.
 //! - A name exposed twice (possible only with the `none` separator) is never a silent shadow:
 //!   the first upstream in config order keeps it, the other is hidden and logged as an error.
+//! - A tool's annotations in the cached list say whether a call may be retried on another replica
+//!   after its replica was lost ([`UpstreamList::retry_safe`]).
 //! - Resource URIs pass through unchanged; `uri → upstream` comes from the resource lists and
 //!   from RFC 6570 templates (simple `{var}` expressions).
 
@@ -112,6 +114,32 @@ pub struct Item {
 pub struct UpstreamList {
     /// Items in upstream order.
     pub items: Vec<Item>,
+}
+
+impl UpstreamList {
+    /// For a tools list: whether the tool `name` (its original name) declares
+    /// `annotations.readOnlyHint: true` or `annotations.idempotentHint: true`, i.e. a call may
+    /// safely run twice. `false` for an unlisted tool or unreadable annotations.
+    pub fn retry_safe(&self, name: &str) -> bool {
+        #[derive(Deserialize)]
+        struct Tool {
+            #[serde(default)]
+            annotations: Option<Hints>,
+        }
+        #[derive(Deserialize)]
+        struct Hints {
+            #[serde(rename = "readOnlyHint", default)]
+            read_only: Option<bool>,
+            #[serde(rename = "idempotentHint", default)]
+            idempotent: Option<bool>,
+        }
+        self.items
+            .iter()
+            .find(|i| i.key == name)
+            .and_then(|i| serde_json::from_str::<Tool>(i.raw.get()).ok())
+            .and_then(|t| t.annotations)
+            .is_some_and(|h| h.read_only == Some(true) || h.idempotent == Some(true))
+    }
 }
 
 /// One merged, exposed list: rendered items in order, plus the exposed-name index.

@@ -4,7 +4,9 @@
 //! session (created only by `initialize`), then either an answer the hub owns (`initialize`,
 //! `ping`, merged lists, `logging/setLevel` fan-out) or a route to one upstream (`tools/call`,
 //! `prompts/get`, `resources/*`, `completion/complete`) whose answer is forwarded as JSON or as a
-//! relayed SSE stream. The hub rewrites only what must change: the exposed tool/prompt name on
+//! relayed SSE stream (each upstream session sits on one replica of its upstream; when that replica
+//! is lost under a call, `forward` moves the session to the next replica and fails the call
+//! clearly, or retries it once when it may safely run twice). The hub rewrites only what must change: the exposed tool/prompt name on
 //! the way in, and the ids of server→client requests (hub-minted, mapped back when the client
 //! answers). Every SSE event the client sees carries a hub-minted id and is kept in a bounded
 //! replay buffer, so a GET with `Last-Event-ID` resumes exactly that stream.
@@ -29,9 +31,12 @@ use tokio::sync::mpsc;
 
 use crate::error::{ErrorKind, ProxyError};
 use crate::federation::{self, ListKind, Merged, UpstreamList};
-use crate::hub::{ensure_upstream, open_upstream, upstream_failure, Worker};
+use crate::hub::{
+    ensure_upstream, failure_kind, open_upstream_avoiding, replica_bit, upstream_failure,
+    upstream_label, Worker,
+};
 use crate::metrics;
-use crate::session::{parse_event_id, PendingRequest, ReplayStream, Session};
+use crate::session::{parse_event_id, PendingRequest, ReplayStream, Session, UpstreamSession};
 use crate::upstream::{self, ReaderMsg, Reply, UpstreamError};
 
 /// The hub's own version, reported as `serverInfo.version`.
@@ -59,6 +64,8 @@ enum Outcome {
 /// An upstream SSE answer to relay to the client.
 struct StreamSource {
     upstream: usize,
+    /// The replica the stream comes from (its connection returns to that replica's pool).
+    replica: usize,
     conn: h1::ClientConn,
     client_id: Box<str>,
 }
@@ -451,7 +458,8 @@ async fn request(
             match resolve_name(w, session, kind, &name.value).await {
                 Ok((u, original)) => {
                     let fwd = rewrite(body, name.span.clone(), &name.value, &original);
-                    (Some(u), forward(w, session, u, fwd, id).await)
+                    let tool = (kind == ListKind::Tools).then_some(original.as_str());
+                    (Some(u), forward(w, session, u, fwd, id, tool).await)
                 }
                 Err(e) => (None, Err(e)),
             }
@@ -470,7 +478,7 @@ async fn request(
                 Ok(u) => u,
                 Err(e) => return (None, Err(e)),
             };
-            let out = forward(w, session, u, body.clone(), id).await;
+            let out = forward(w, session, u, body.clone(), id, None).await;
             if out.is_ok() {
                 let mut st = session.state.lock();
                 if m == method::RESOURCES_SUBSCRIBE {
@@ -488,13 +496,16 @@ async fn request(
                 match resolve_name(w, session, ListKind::Prompts, &name.value).await {
                     Ok((u, original)) => {
                         let fwd = rewrite(body, name.span.clone(), &name.value, &original);
-                        (Some(u), forward(w, session, u, fwd, id).await)
+                        (Some(u), forward(w, session, u, fwd, id, None).await)
                     }
                     Err(e) => (None, Err(e)),
                 }
             } else if let Some(uri) = p.ref_uri.as_deref() {
                 match resolve_template(w, session, uri).await {
-                    Ok(u) => (Some(u), forward(w, session, u, body.clone(), id).await),
+                    Ok(u) => (
+                        Some(u),
+                        forward(w, session, u, body.clone(), id, None).await,
+                    ),
                     Err(e) => (None, Err(e)),
                 }
             } else {
@@ -527,53 +538,166 @@ fn rewrite(body: &Bytes, span: std::ops::Range<usize>, exposed: &str, original: 
     }
 }
 
-/// Sends a client request to upstream `u` within the client's session there.
+/// Sends a client request to upstream `u` within the client's session there (on the replica
+/// recorded in it). When that replica is lost under the call (refused, timed out, broken, or it
+/// answers 404 for the session), the session moves to the next replica on the ring (handshake
+/// replayed) and the call fails with an error naming both replicas, unless it may run twice:
+/// it never reached the replica (the connection was refused), or it is a `tools/call` of a tool
+/// annotated `readOnlyHint`/`idempotentHint` (`tool` = its original name). Those are retried
+/// once, transparently, on the new replica.
 async fn forward(
     w: &Rc<Worker>,
     session: &Arc<Session>,
     u: usize,
     body: Bytes,
     client_id: &str,
+    tool: Option<&str>,
 ) -> Result<Outcome, ProxyError> {
     let us = ensure_upstream(w, session, u).await?;
     session.state.lock().inflight.insert(client_id.into(), u);
-    let r = upstream::post(&w.pool, w.upstream(u), Some(&us), &body).await;
-    let out = match r {
+    let out = match send_once(w, u, &us, &body, client_id).await {
+        Sent::Done(out) => out,
+        Sent::Lost(e) => failover(w, session, u, &us, &body, client_id, tool, e).await,
+    };
+    if !matches!(out, Ok(Outcome::Stream(_))) {
+        session.state.lock().inflight.remove(client_id);
+    }
+    out
+}
+
+/// What one attempt of [`forward`] came to.
+enum Sent {
+    /// An answer (or a failure that is not the replica's).
+    Done(Result<Outcome, ProxyError>),
+    /// The replica of the upstream session was lost.
+    Lost(UpstreamError),
+}
+
+async fn send_once(
+    w: &Rc<Worker>,
+    u: usize,
+    us: &UpstreamSession,
+    body: &Bytes,
+    client_id: &str,
+) -> Sent {
+    let r = us.replica;
+    let out = match upstream::post(&w.pool, w.upstream(u), r, Some(us), body).await {
         Ok(Reply::Json { body, .. }) => Ok(Outcome::Json(body)),
-        Ok(Reply::Stream { conn, .. }) => {
-            return Ok(Outcome::Stream(StreamSource {
-                upstream: u,
-                conn,
-                client_id: client_id.into(),
-            }))
-        }
+        Ok(Reply::Stream { conn, .. }) => Ok(Outcome::Stream(StreamSource {
+            upstream: u,
+            replica: r,
+            conn,
+            client_id: client_id.into(),
+        })),
         Ok(Reply::Status(s)) => Err(ProxyError::new(
             ErrorKind::UpstreamProtocol,
             format!(
-                "upstream '{}' answered a request with HTTP {s} and no response",
-                w.upstream(u).name
+                "{} answered a request with HTTP {s} and no response",
+                upstream_label(w.upstream(u), r)
             ),
         )),
-        Err(UpstreamError::SessionGone) => {
-            // The upstream restarted or expired our session: open a new one now so the next call
-            // works, and fail this one clearly (it may or may not have run).
-            let name = w.upstream(u).name.clone();
-            session.state.lock().upstreams[u] = None;
-            let reopened = open_upstream(w, session, u).await;
-            let tail = match reopened {
-                Ok(_) => "a new upstream session was opened; retry the call",
-                Err(_) => "re-opening it failed too",
-            };
-            tracing::warn!(upstream = %name, session = %session.id, "upstream lost our session");
-            Err(ProxyError::new(
-                ErrorKind::UpstreamSessionLost,
-                format!("upstream '{name}' lost its session; the call was not completed: {tail}"),
+        Err(e) if e.is_replica_failure() || matches!(e, UpstreamError::SessionGone) => {
+            return Sent::Lost(e)
+        }
+        Err(e) => Err(upstream_failure(w, u, r, &e)),
+    };
+    if out.is_ok() {
+        w.hub.replica_ok(u, r);
+    }
+    Sent::Done(out)
+}
+
+/// The replica of `lost` failed with `e` under a call: feeds passive health, moves the session
+/// to the next replica, and retries the call there when that is safe (see [`forward`]).
+#[allow(clippy::too_many_arguments)]
+async fn failover(
+    w: &Rc<Worker>,
+    session: &Arc<Session>,
+    u: usize,
+    lost: &UpstreamSession,
+    body: &Bytes,
+    client_id: &str,
+    tool: Option<&str>,
+    e: UpstreamError,
+) -> Result<Outcome, ProxyError> {
+    let up = w.upstream(u);
+    let gone = matches!(e, UpstreamError::SessionGone);
+    let from = up
+        .replicas
+        .get(lost.replica)
+        .map_or_else(|| up.url.clone(), |r| r.url.clone());
+    if gone {
+        tracing::warn!(upstream = %up.name, replica = %from, session = %session.id, "upstream lost our session");
+    } else {
+        w.hub.replica_failed(u, lost.replica, &e);
+        w.pool.clear(u, lost.replica);
+        tracing::warn!(upstream = %up.name, replica = %from, session = %session.id, error = %e, "replica failed under a call; moving the session");
+    }
+    // Whether the call may run twice, from the tools list cached before the session moves (the
+    // move drops it); looked up on the new replica when it was not cached.
+    let cached = tool.and_then(|t| {
+        session
+            .state
+            .lock()
+            .lists
+            .get(u, ListKind::Tools)
+            .map(|l| l.retry_safe(t))
+    });
+    crate::hub::drop_upstream_session(&w.hub, session, u, lost.generation);
+    let moved = open_upstream_avoiding(w, session, u, replica_bit(lost.replica)).await;
+    let what = if gone {
+        format!("upstream '{}' replica {from} lost its session", up.name)
+    } else {
+        format!("upstream '{}' replica {from} failed: {e}", up.name)
+    };
+    let new = match moved {
+        Ok(new) => new,
+        Err(e2) => {
+            return Err(ProxyError::new(
+                failure_kind(&e),
+                format!(
+                    "{what}; the call was not completed and no replica could take the session: {}",
+                    e2.message
+                ),
             ))
         }
-        Err(e) => Err(upstream_failure(w, u, &e)),
     };
-    session.state.lock().inflight.remove(client_id);
-    out
+    let to = up
+        .replicas
+        .get(new.replica)
+        .map_or_else(|| up.url.clone(), |r| r.url.clone());
+    let safe = if e.is_unreachable() {
+        true
+    } else if let Some(t) = tool {
+        match cached {
+            Some(safe) => safe,
+            None => upstream_list(w, session, u, ListKind::Tools)
+                .await
+                .ok()
+                .flatten()
+                .is_some_and(|l| l.retry_safe(t)),
+        }
+    } else {
+        false
+    };
+    if !safe {
+        return Err(ProxyError::new(
+            failure_kind(&e),
+            format!("{what}; the call was not completed (it may or may not have run); the session moved to replica {to}; retry"),
+        ));
+    }
+    tracing::info!(upstream = %up.name, from = %from, to = %to, "call retried on the session's new replica");
+    match send_once(w, u, &new, body, client_id).await {
+        Sent::Done(out) => out,
+        Sent::Lost(e2) => {
+            let err = upstream_failure(w, u, new.replica, &e2);
+            crate::hub::drop_upstream_session(&w.hub, session, u, new.generation);
+            Err(ProxyError::new(
+                err.kind,
+                format!("{what}; retried on replica {to}, which failed too: {e2}"),
+            ))
+        }
+    }
 }
 
 async fn set_level(
@@ -629,7 +753,9 @@ async fn set_level(
         if !us.has_capability("logging") {
             continue;
         }
-        if let Err(e) = upstream::request(&w.pool, w.upstream(u), Some(&us), &body).await {
+        if let Err(e) =
+            upstream::request(&w.pool, w.upstream(u), us.replica, Some(&us), &body).await
+        {
             tracing::warn!(upstream = %w.upstream(u).name, error = %e, "logging/setLevel fan-out failed");
         }
     }
@@ -668,7 +794,9 @@ async fn notification(
     for u in targets {
         let us = session.state.lock().upstreams[u].clone();
         if let Some(us) = us {
-            if let Err(e) = upstream::post(&w.pool, w.upstream(u), Some(&us), body).await {
+            if let Err(e) =
+                upstream::post(&w.pool, w.upstream(u), us.replica, Some(&us), body).await
+            {
                 tracing::warn!(upstream = %w.upstream(u).name, method = m, error = %e, "relaying a notification failed");
             }
         }
@@ -702,7 +830,8 @@ async fn route_response(
     fwd.extend_from_slice(&body[..span.start]);
     fwd.extend_from_slice(pending.original_id.as_bytes());
     fwd.extend_from_slice(&body[span.end..]);
-    if let Err(e) = upstream::post(&w.pool, w.upstream(pending.upstream), Some(&us), &fwd).await {
+    let up = w.upstream(pending.upstream);
+    if let Err(e) = upstream::post(&w.pool, up, us.replica, Some(&us), &fwd).await {
         tracing::warn!(upstream = %w.upstream(pending.upstream).name, error = %e, "delivering the client's answer failed");
     }
     Ok(Outcome::Accepted)
@@ -739,7 +868,7 @@ async fn upstream_list(
     let items = match crate::hub::fetch_list(&w.pool, w.upstream(u), &us, kind).await {
         Ok(items) => items,
         Err(crate::hub::FetchError::Upstream(UpstreamError::SessionGone)) => {
-            session.state.lock().upstreams[u] = None;
+            crate::hub::drop_upstream_session(&w.hub, session, u, us.generation);
             return Err(ProxyError::new(
                 ErrorKind::UpstreamSessionLost,
                 format!(
@@ -748,7 +877,9 @@ async fn upstream_list(
                 ),
             ));
         }
-        Err(crate::hub::FetchError::Upstream(e)) => return Err(upstream_failure(w, u, &e)),
+        Err(crate::hub::FetchError::Upstream(e)) => {
+            return Err(upstream_failure(w, u, us.replica, &e))
+        }
         Err(crate::hub::FetchError::List(e)) => {
             return Err(ProxyError::new(
                 ErrorKind::UpstreamProtocol,
@@ -1015,6 +1146,7 @@ async fn relay_post_stream(
 ) -> bool {
     let StreamSource {
         upstream: u,
+        replica,
         conn: up_conn,
         client_id,
     } = src;
@@ -1080,7 +1212,7 @@ async fn relay_post_stream(
                     }
                 }
                 Some(((), ReaderMsg::End(c))) => {
-                    w.pool.put(&up, c);
+                    w.pool.put(&up, replica, c);
                     failure = format!("upstream '{}' ended the stream without answering", up.name);
                     break;
                 }
@@ -1097,7 +1229,10 @@ async fn relay_post_stream(
         // The upstream closed the stream early; with an event id it may be resumed (SSE polling).
         let Some(last) = last_up_id else { break };
         let us = session.state.lock().upstreams[u].clone();
-        let Some(us) = us else { break };
+        // Resume only within the same upstream session (a moved session has a new stream).
+        let Some(us) = us.filter(|us| us.generation == generation) else {
+            break;
+        };
         monoio::time::sleep(Duration::from_millis(retry_ms.min(5000))).await;
         match upstream::get_stream(&w.pool, &up, &us, Some(&last)).await {
             Ok(Some(c)) => reader = Some(c),
@@ -1248,20 +1383,16 @@ async fn standalone_stream(
             if Instant::now() < retry_at[u] || !w.hub.is_up(u) {
                 continue;
             }
-            let existing = session.state.lock().upstreams[u].clone();
             // A client that opens its GET stream wants every upstream's own messages (logs,
             // list_changed, resource updates), so the upstream sessions open now if they have not
-            // yet been opened by a request.
-            let us = match existing {
-                Some(us) => us,
-                None => match ensure_upstream(w, session, u).await {
-                    Ok(us) => us,
-                    Err(e) => {
-                        tracing::debug!(error = %e, "upstream session for a GET stream not opened; retrying later");
-                        retry_at[u] = Instant::now() + Duration::from_secs(1);
-                        continue;
-                    }
-                },
+            // yet been opened by a request (and move if their replica went down).
+            let us = match ensure_upstream(w, session, u).await {
+                Ok(us) => us,
+                Err(e) => {
+                    tracing::debug!(error = %e, "upstream session for a GET stream not opened; retrying later");
+                    retry_at[u] = Instant::now() + Duration::from_secs(1);
+                    continue;
+                }
             };
             if attached[u] == Some(us.generation) {
                 continue;

@@ -1,6 +1,6 @@
 //! Prometheus metrics. Each worker owns a [`WorkerMetrics`] it alone writes (relaxed atomics,
 //! so no cache line is shared between writers); a scrape on any worker sums them all and adds
-//! the process-wide gauges (sessions, open streams, upstream health).
+//! the process-wide gauges (sessions, open streams, upstream and replica health).
 
 use std::fmt::Write as _;
 use std::sync::atomic::{AtomicI64, AtomicU64, Ordering};
@@ -116,8 +116,15 @@ impl Metrics {
         }
     }
 
-    /// Renders the Prometheus text format.
-    pub fn render(&self, upstream_names: &[&str], healthy: &[bool], sessions: usize) -> String {
+    /// Renders the Prometheus text format. `replicas`: `(upstream, replica URL, up)` for each
+    /// replica of the upstreams that have several.
+    pub fn render(
+        &self,
+        upstream_names: &[&str],
+        healthy: &[bool],
+        replicas: &[(&str, &str, bool)],
+        sessions: usize,
+    ) -> String {
         let mut out = String::with_capacity(8192);
         let n = upstream_names.len();
         let _ = writeln!(out, "# HELP meshgate_requests_total JSON-RPC messages handled, by method, upstream and outcome.");
@@ -221,6 +228,21 @@ impl Metrics {
                 u8::from(*up)
             );
         }
+        if !replicas.is_empty() {
+            let _ = writeln!(
+                out,
+                "# HELP meshgate_upstream_replica_up Whether the replica is in use (passing health checks, not ejected)."
+            );
+            let _ = writeln!(out, "# TYPE meshgate_upstream_replica_up gauge");
+            for (name, url, up) in replicas {
+                let url = url.replace('\\', "\\\\").replace('"', "\\\"");
+                let _ = writeln!(
+                    out,
+                    "meshgate_upstream_replica_up{{upstream=\"{name}\",replica=\"{url}\"}} {}",
+                    u8::from(*up)
+                );
+            }
+        }
         out
     }
 }
@@ -262,7 +284,7 @@ mod tests {
             Duration::from_millis(2),
         );
         m.workers[1].record(method_index("ping"), None, 0, Duration::from_micros(50));
-        let text = m.render(&["a"], &[true], 3);
+        let text = m.render(&["a"], &[true], &[("a", "http://x/mcp", false)], 3);
         assert!(
             text.contains(
                 "meshgate_requests_total{method=\"tools/call\",upstream=\"a\",outcome=\"ok\"} 2"
@@ -275,5 +297,7 @@ mod tests {
         assert!(text.contains("meshgate_request_duration_seconds_count{method=\"tools/call\"} 2"));
         assert!(text.contains("meshgate_active_sessions 3"));
         assert!(text.contains("meshgate_upstream_up{upstream=\"a\"} 1"));
+        assert!(text
+            .contains("meshgate_upstream_replica_up{upstream=\"a\",replica=\"http://x/mcp\"} 0"));
     }
 }

@@ -4,6 +4,8 @@
 //! surprise at request time (where the merge still hides the later one and logs it, for
 //! upstreams that were unreachable at start or changed later).
 //!
+//! Each upstream is asked on its first replica (replicas serve the same tools).
+//!
 //! Only needed when names are not prefixed (`separator: none`) with two or more upstreams, or to
 //! report exposed names that break MCP's 1–128 `[A-Za-z0-9_.-]` rule.
 
@@ -68,10 +70,13 @@ async fn names_of(
     kind: ListKind,
 ) -> Result<Vec<String>, String> {
     let info = r#"{"name":"meshgate-preflight","version":"0.1.0"}"#;
-    let us = monoio::time::timeout(Duration::from_secs(5), handshake(pool, up, "{}", info, 0))
-        .await
-        .map_err(|_| "handshake timed out".to_string())?
-        .map_err(|e| e.to_string())?;
+    let us = monoio::time::timeout(
+        Duration::from_secs(5),
+        handshake(pool, up, 0, "{}", info, 0),
+    )
+    .await
+    .map_err(|_| "handshake timed out".to_string())?
+    .map_err(|e| e.to_string())?;
     let names = if us.has_capability(kind.capability()) {
         fetch_list(pool, up, &us, kind)
             .await

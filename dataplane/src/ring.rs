@@ -4,7 +4,7 @@
 //! affinity key, upstream) pair, [`Ring::pick_bounded`] gives the replica a new session starts
 //! on (the choice is then recorded in the session, §6), and [`Ring::candidates`] gives the
 //! failover order when that replica is lost. The same ring type also serves the hub-replica
-//! ownership of session ids. Nothing in the dataplane calls it yet.
+//! ownership of session ids. `hub::Hub::pick_replica` uses it for upstream replicas.
 //!
 //! Modelled on `pingora-ketama`: the ring is built once into a boxed slice of
 //! `(point hash, node)` sorted by hash, a lookup is one binary search, failover walks clockwise

@@ -96,7 +96,22 @@ async fn ops(w: &Worker, conn: &mut ServerConn<TcpStream>, req: &h1::Request) ->
                 .collect();
             let names: Vec<&str> = names.iter().map(String::as_str).collect();
             let up: Vec<bool> = (0..names.len()).map(|u| w.hub.is_up(u)).collect();
-            let body = w.hub.metrics.render(&names, &up, w.hub.sessions.len());
+            let replicas: Vec<(&str, &str, bool)> =
+                w.hub
+                    .snap
+                    .upstreams
+                    .iter()
+                    .filter(|u| u.replicas.len() > 1)
+                    .flat_map(|u| {
+                        u.replicas.iter().enumerate().map(move |(r, rep)| {
+                            (&*u.name, &*rep.url, w.hub.replica_up(u.index, r))
+                        })
+                    })
+                    .collect();
+            let body = w
+                .hub
+                .metrics
+                .render(&names, &up, &replicas, w.hub.sessions.len());
             (200, body, &[("Content-Type", b"text/plain; version=0.0.4")])
         }
         _ => (

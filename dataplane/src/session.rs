@@ -2,7 +2,8 @@
 //!
 //! Step 4 of the request path. A [`Session`] is created only by `initialize` and holds what the
 //! hub needs to continue it: negotiated version, the client's real capabilities and info, one
-//! upstream session per upstream (opened lazily), the log level and subscriptions to replay when
+//! upstream session per upstream (opened lazily, each on the replica chosen for it and recorded in
+//! it, so the session sticks to that replica while it is healthy), the log level and subscriptions to replay when
 //! an upstream session is re-created, pending server→client requests (hub-minted id → upstream
 //! and original id), the client requests in flight (for cancellation), cached upstream lists, and
 //! the replay buffers of its SSE streams.
@@ -97,6 +98,9 @@ pub struct UpstreamSession {
     pub capabilities: Arc<serde_json::Value>,
     /// Bumped each time this upstream session is (re)created.
     pub generation: u64,
+    /// The replica of the upstream it lives on (index into `Upstream::replicas`); every request
+    /// within it goes there.
+    pub replica: usize,
 }
 
 impl UpstreamSession {

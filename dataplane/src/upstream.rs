@@ -1,7 +1,10 @@
 //! Upstream connections: per-worker keep-alive pools and the requests the hub sends to MCP
 //! servers. Steps 8–9 (`upstream`, `forward`) of the request path.
 //!
-//! A [`Pool`] belongs to one worker (no locks: `RefCell`). [`post`] sends one JSON-RPC message
+//! Every call names the upstream and the replica it goes to (`r`, an index into
+//! [`Upstream::replicas`]): an upstream session lives on one replica, so everything sent within
+//! it goes there. A [`Pool`] belongs to one worker (no locks: `RefCell`) and keeps idle
+//! connections per (upstream, replica). [`post`] sends one JSON-RPC message
 //! and classifies the answer: a JSON body (read whole), an SSE stream (handed back with its
 //! connection for the caller to pump), or a bare status. A pooled connection that turns out to be
 //! stale (closed by the upstream while idle) is retried once on a fresh connection; nothing else
@@ -18,7 +21,7 @@ use bytes::Bytes;
 use h1::{BodyKind, ClientConn, ClientError, ResponseHead, SseDecoder, SseEvent};
 use tokio::sync::mpsc;
 
-use crate::config::Upstream;
+use crate::config::{Replica, Upstream};
 use crate::session::UpstreamSession;
 
 /// Largest JSON body accepted from an upstream.
@@ -48,9 +51,20 @@ pub enum UpstreamError {
 }
 
 impl UpstreamError {
-    /// Whether this failure means the upstream itself is unreachable (for passive health).
+    /// Whether this failure means the replica itself is unreachable (for passive health: it is
+    /// ejected at once). The request was not delivered.
     pub fn is_unreachable(&self) -> bool {
         matches!(self, UpstreamError::Connect(_))
+    }
+
+    /// Whether this failure counts against the replica's health (refused or timed-out connect,
+    /// no answer in time, a broken connection): `eject_after` in a row eject it, and the upstream
+    /// session on it moves to another replica.
+    pub fn is_replica_failure(&self) -> bool {
+        matches!(
+            self,
+            UpstreamError::Connect(_) | UpstreamError::Timeout(_) | UpstreamError::Io(_)
+        )
     }
 }
 
@@ -64,49 +78,76 @@ impl From<ClientError> for UpstreamError {
     }
 }
 
-/// One worker's idle upstream connections, per upstream index.
+/// One worker's idle upstream connections, per (upstream, replica).
 pub struct Pool {
-    idle: RefCell<Vec<Vec<ClientConn>>>,
+    idle: RefCell<Vec<Vec<Vec<ClientConn>>>>,
 }
 
 impl Pool {
-    /// An empty pool for `n` upstreams.
+    /// An empty pool for `n` upstreams (replica tables grow on first use).
     pub fn new(n: usize) -> Self {
         Self {
             idle: RefCell::new((0..n).map(|_| Vec::new()).collect()),
         }
     }
 
-    fn take(&self, up: &Upstream) -> Option<ClientConn> {
-        self.idle.borrow_mut().get_mut(up.index)?.pop()
+    fn take(&self, up: &Upstream, r: usize) -> Option<ClientConn> {
+        self.idle.borrow_mut().get_mut(up.index)?.get_mut(r)?.pop()
     }
 
-    /// Returns a connection after use; kept only if reusable and the pool has room.
-    pub fn put(&self, up: &Upstream, conn: ClientConn) {
-        if !conn.is_reusable() {
+    /// Returns a connection to replica `r` of `up` after use; kept only if reusable and the
+    /// pool has room.
+    pub fn put(&self, up: &Upstream, r: usize, conn: ClientConn) {
+        if !conn.is_reusable() || r >= up.replicas.len() {
             return;
         }
         let mut idle = self.idle.borrow_mut();
-        if let Some(v) = idle.get_mut(up.index) {
+        if let Some(per) = idle.get_mut(up.index) {
+            if per.len() <= r {
+                per.resize_with(up.replicas.len(), Vec::new);
+            }
+            let v = &mut per[r];
             if v.len() < up.pool_size {
                 v.push(conn);
             }
         }
     }
 
-    /// Idle connections held for an upstream (metrics, tests).
+    /// Drops the idle connections to one replica (it was found dead).
+    pub fn clear(&self, index: usize, r: usize) {
+        if let Some(v) = self
+            .idle
+            .borrow_mut()
+            .get_mut(index)
+            .and_then(|p| p.get_mut(r))
+        {
+            v.clear();
+        }
+    }
+
+    /// Idle connections held for an upstream, all replicas (metrics, tests).
     pub fn idle_count(&self, index: usize) -> usize {
-        self.idle.borrow().get(index).map_or(0, Vec::len)
+        self.idle
+            .borrow()
+            .get(index)
+            .map_or(0, |p| p.iter().map(Vec::len).sum())
     }
 }
 
-async fn connect(up: &Upstream) -> Result<ClientConn, UpstreamError> {
-    match monoio::time::timeout(up.connect_timeout, ClientConn::connect(up.addr)).await {
+/// Replica `r` of `up`, or a protocol error (an index from another snapshot).
+fn replica(up: &Upstream, r: usize) -> Result<&Replica, UpstreamError> {
+    up.replicas.get(r).ok_or_else(|| {
+        UpstreamError::Protocol(format!("upstream '{}' has no replica {r}", up.name))
+    })
+}
+
+async fn connect(up: &Upstream, rep: &Replica) -> Result<ClientConn, UpstreamError> {
+    match monoio::time::timeout(up.connect_timeout, ClientConn::connect(rep.addr)).await {
         Ok(Ok(c)) => Ok(c),
-        Ok(Err(e)) => Err(UpstreamError::Connect(format!("{} ({})", e, up.addr))),
+        Ok(Err(e)) => Err(UpstreamError::Connect(format!("{} ({})", e, rep.addr))),
         Err(_) => Err(UpstreamError::Connect(format!(
             "connect to {} timed out after {:?}",
-            up.addr, up.connect_timeout
+            rep.addr, up.connect_timeout
         ))),
     }
 }
@@ -164,21 +205,36 @@ const ACCEPT_BOTH: &[u8] = b"application/json, text/event-stream";
 async fn exchange(
     pool: &Pool,
     up: &Upstream,
+    r: usize,
     method: &str,
     headers: &[(&str, &[u8])],
     body: &[u8],
 ) -> Result<(ResponseHead, ClientConn), UpstreamError> {
+    let rep = replica(up, r)?;
     // A pooled connection may have been closed by the upstream while idle; that shows up as a
     // failure before any response byte, and is retried once on a fresh connection.
-    if let Some(mut conn) = pool.take(up) {
-        match conn.send(method, &up.path, &up.host, headers, body).await {
+    let mut reused_failed = false;
+    if let Some(mut conn) = pool.take(up, r) {
+        match conn.send(method, &rep.path, &rep.host, headers, body).await {
             Ok(head) => return Ok((head, conn)),
-            Err(ClientError::Closed) | Err(ClientError::Io(_)) => {}
+            Err(ClientError::Closed) | Err(ClientError::Io(_)) => reused_failed = true,
             Err(e) => return Err(e.into()),
         }
     }
-    let mut conn = connect(up).await?;
-    let head = conn.send(method, &up.path, &up.host, headers, body).await?;
+    let mut conn = match connect(up, rep).await {
+        Ok(c) => c,
+        // The pooled attempt may have reached the upstream before the connection broke (it
+        // cannot be told apart from a stale idle one), so this is not "never delivered".
+        Err(UpstreamError::Connect(e)) if reused_failed => {
+            return Err(UpstreamError::Io(format!(
+                "the connection broke and reconnecting failed: {e}"
+            )))
+        }
+        Err(e) => return Err(e),
+    };
+    let head = conn
+        .send(method, &rep.path, &rep.host, headers, body)
+        .await?;
     Ok((head, conn))
 }
 
@@ -188,20 +244,21 @@ fn content_type_is(head: &ResponseHead, ct: &str) -> bool {
         .is_some_and(|v| v.to_ascii_lowercase().starts_with(ct))
 }
 
-/// POSTs one JSON-RPC message to the upstream (within its request timeout for the head and any
-/// JSON body; an SSE body is the caller's to bound).
+/// POSTs one JSON-RPC message to replica `r` of the upstream (within its request timeout for
+/// the head and any JSON body; an SSE body is the caller's to bound).
 ///
 /// # Errors
 /// [`UpstreamError`]; HTTP 404 with a session id is [`UpstreamError::SessionGone`].
 pub async fn post(
     pool: &Pool,
     up: &Upstream,
+    r: usize,
     us: Option<&UpstreamSession>,
     body: &[u8],
 ) -> Result<Reply, UpstreamError> {
     let fut = async {
         let (h, n) = header_list(us, ACCEPT_BOTH, None);
-        let (head, mut conn) = exchange(pool, up, "POST", &h[..n], body).await?;
+        let (head, mut conn) = exchange(pool, up, r, "POST", &h[..n], body).await?;
         let session_id = head.headers.get_str("mcp-session-id").map(str::to_string);
         if head.status == 404 && us.is_some_and(|u| u.sid.is_some()) {
             return Err(UpstreamError::SessionGone);
@@ -210,14 +267,14 @@ pub async fn post(
             if !matches!(head.body, BodyKind::Empty) {
                 let _ = conn.read_to_end(MAX_UPSTREAM_BODY).await;
             }
-            pool.put(up, conn);
+            pool.put(up, r, conn);
             return Ok(Reply::Status(head.status));
         }
         if head.status == 200 && content_type_is(&head, "text/event-stream") {
             return Ok(Reply::Stream { session_id, conn });
         }
         let body = conn.read_to_end(MAX_UPSTREAM_BODY).await?;
-        pool.put(up, conn);
+        pool.put(up, r, conn);
         if head.status == 200 && content_type_is(&head, "application/json") {
             return Ok(Reply::Json {
                 status: head.status,
@@ -240,7 +297,7 @@ pub async fn post(
     }
 }
 
-/// Opens a GET stream on the upstream session (`Last-Event-ID` to resume one).
+/// Opens a GET stream on the upstream session, on its replica (`Last-Event-ID` to resume one).
 /// `Ok(None)` when the upstream does not offer one (405).
 ///
 /// # Errors
@@ -260,13 +317,14 @@ pub async fn get_stream(
             .copied()
             .filter(|(k, _)| *k != "Content-Type")
             .collect();
-        let (head, mut conn) = exchange(pool, up, "GET", &hs, b"").await?;
+        let r = us.replica;
+        let (head, mut conn) = exchange(pool, up, r, "GET", &hs, b"").await?;
         match head.status {
             200 if content_type_is(&head, "text/event-stream") => Ok(Some(conn)),
             404 => Err(UpstreamError::SessionGone),
             405 => {
                 let _ = conn.read_to_end(64 * 1024).await;
-                pool.put(up, conn);
+                pool.put(up, r, conn);
                 Ok(None)
             }
             s => Err(UpstreamError::Status(s, "GET stream refused".into())),
@@ -278,7 +336,7 @@ pub async fn get_stream(
     }
 }
 
-/// DELETEs an upstream session (best effort; 405 is fine).
+/// DELETEs an upstream session on its replica (best effort; 405 is fine).
 pub async fn delete(pool: &Pool, up: &Upstream, us: &UpstreamSession) {
     if us.sid.is_none() {
         return;
@@ -290,9 +348,10 @@ pub async fn delete(pool: &Pool, up: &Upstream, us: &UpstreamSession) {
             .copied()
             .filter(|(k, _)| *k != "Content-Type")
             .collect();
-        let (_head, mut conn) = exchange(pool, up, "DELETE", &hs, b"").await?;
+        let r = us.replica;
+        let (_head, mut conn) = exchange(pool, up, r, "DELETE", &hs, b"").await?;
         let _ = conn.read_to_end(64 * 1024).await;
-        pool.put(up, conn);
+        pool.put(up, r, conn);
         Ok::<(), UpstreamError>(())
     };
     if let Ok(Err(e)) = monoio::time::timeout(Duration::from_secs(5), fut).await {
@@ -300,18 +359,20 @@ pub async fn delete(pool: &Pool, up: &Upstream, us: &UpstreamSession) {
     }
 }
 
-/// POSTs a request and waits for its JSON-RPC response, whether the upstream answers with JSON
-/// or SSE (other events on the stream are dropped: used for the hub's own requests).
+/// POSTs a request to replica `r` and waits for its JSON-RPC response, whether the upstream
+/// answers with JSON or SSE (other events on the stream are dropped: used for the hub's own
+/// requests).
 ///
 /// # Errors
 /// [`UpstreamError`].
 pub async fn request(
     pool: &Pool,
     up: &Upstream,
+    r: usize,
     us: Option<&UpstreamSession>,
     body: &[u8],
 ) -> Result<(Bytes, Option<String>), UpstreamError> {
-    match post(pool, up, us, body).await? {
+    match post(pool, up, r, us, body).await? {
         Reply::Json {
             body, session_id, ..
         } => Ok((body, session_id)),

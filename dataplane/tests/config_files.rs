@@ -61,7 +61,7 @@ fn full_example_normalises() {
         s.upstreams[0].request_timeout,
         std::time::Duration::from_secs(60)
     );
-    assert_eq!(s.upstreams[1].path.as_ref(), "/");
+    assert_eq!(s.upstreams[1].replicas[0].path.as_ref(), "/");
     assert_eq!(s.session_ttl, std::time::Duration::from_secs(3600));
 }
 

@@ -79,6 +79,9 @@ struct MockArgs {
     /// --stall, --service-time, --sse and --progress).
     #[arg(long, default_value = "tokio")]
     engine: Engine,
+    /// Annotate the first N tools `readOnlyHint: true` (a hub may retry them on a replica).
+    #[arg(long, default_value_t = 0)]
+    annotate: usize,
 }
 
 #[derive(Args)]
@@ -262,6 +265,7 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
                 stall: a.stall,
                 require_session: !a.no_require_session,
                 engine: a.engine,
+                read_only_tools: a.annotate,
                 ..MockConfig::default()
             })
             .map_err(|e| anyhow::anyhow!("mock: cannot listen on {}: {e}", a.listen))?;

@@ -225,6 +225,12 @@ pub struct MockConfig {
     pub server_name: String,
     /// Serving engine (see [`Engine`] for when `Monoio` falls back to tokio).
     pub engine: Engine,
+    /// The first `read_only_tools` tools carry `annotations: {readOnlyHint: true}` in
+    /// `tools/list` (a hub may retry their calls on another replica).
+    pub read_only_tools: usize,
+    /// Start the text of every `tools/call` result with `<server_name>:`, so a client can tell
+    /// which replica answered.
+    pub tag_results: bool,
 }
 
 impl Default for MockConfig {
@@ -246,6 +252,8 @@ impl Default for MockConfig {
             backlog: 65535,
             server_name: "meshgate-mock".to_owned(),
             engine: Engine::default(),
+            read_only_tools: 0,
+            tag_results: false,
         }
     }
 }
@@ -513,9 +521,14 @@ fn prebuild(cfg: &MockConfig) -> Prebuilt {
     );
     let modern_meta = format!("\"_meta\":{{\"io.modelcontextprotocol/serverInfo\":{server_info}}}");
     let tool = |i: usize| {
+        let annotations = if i < cfg.read_only_tools {
+            ",\"annotations\":{\"readOnlyHint\":true}"
+        } else {
+            ""
+        };
         format!(
             "{{\"name\":\"tool_{i}\",\"description\":\"mock tool {i}\",\"inputSchema\":\
-             {{\"type\":\"object\",\"properties\":{{\"text\":{{\"type\":\"string\"}}}}}}}}"
+             {{\"type\":\"object\",\"properties\":{{\"text\":{{\"type\":\"string\"}}}}}}{annotations}}}"
         )
     };
     let page = if cfg.page_size == 0 {
@@ -547,7 +560,12 @@ fn prebuild(cfg: &MockConfig) -> Prebuilt {
             break;
         }
     }
-    let pad = "x".repeat(cfg.response_bytes);
+    let mut pad = "x".repeat(cfg.response_bytes);
+    if cfg.tag_results {
+        // The name goes inside a JSON string literal: escape it.
+        let name = json_str(&cfg.server_name);
+        pad = format!("{}:{pad}", &name[1..name.len() - 1]);
+    }
     let content =
         format!("\"content\":[{{\"type\":\"text\",\"text\":\"{pad}\"}}],\"isError\":false");
     let call_legacy = format!("{{{content}}}").into_bytes();

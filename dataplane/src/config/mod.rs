@@ -6,4 +6,4 @@ pub mod raw;
 pub mod snapshot;
 
 pub use raw::{EdgeConfig, HubConfig, UpstreamConfig};
-pub use snapshot::{ConfigError, Driver, EdgeSettings, Snapshot, Upstream, UpstreamName};
+pub use snapshot::{ConfigError, Driver, EdgeSettings, Replica, Snapshot, Upstream, UpstreamName};

@@ -8,6 +8,10 @@
 //! upstreams:
 //!   - name: everything
 //!     url: http://127.0.0.1:3001/mcp
+//!   - name: search           # several replicas of one MCP server
+//!     replicas: [http://10.0.0.7:3000/mcp, http://10.0.0.8:3000/mcp]
+//!     load_factor: 1.25      # bounded-load consistent hashing (>= 1.0)
+//!     eject_after: 3         # consecutive failed requests that eject a replica
 //! ```
 
 use std::time::Duration;
@@ -173,14 +177,26 @@ impl Default for SessionConfig {
     }
 }
 
-/// One federated MCP server (Streamable HTTP).
+/// One federated MCP server (Streamable HTTP), reached at one URL or at several replicas.
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields)]
 pub struct UpstreamConfig {
     /// Name used in exposed names and error messages: `[A-Za-z0-9_.-]`, unique.
     pub name: String,
-    /// Its MCP endpoint, `http://host:port/path`.
-    pub url: String,
+    /// Its MCP endpoint, `http://host:port/path` (exactly one of `url` and `replicas`).
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Endpoints of several replicas of the same MCP server (exactly one of `url` and
+    /// `replicas`). Each client session sticks to one replica (DESIGN.md §6).
+    #[serde(default)]
+    pub replicas: Option<Vec<String>>,
+    /// Bounded-load factor of the replica choice (at least 1.0).
+    #[serde(default = "default_load_factor")]
+    pub load_factor: f64,
+    /// Consecutive failed requests (refused, timed out, broken) that eject a replica until a
+    /// health check passes again; a refused connection ejects it at once.
+    #[serde(default = "default_eject_after")]
+    pub eject_after: u32,
     /// TCP connect timeout.
     #[serde(default = "default_connect_timeout", deserialize_with = "duration")]
     pub connect_timeout: Duration,
@@ -200,7 +216,10 @@ impl UpstreamConfig {
     pub fn quick(name: &str, url: &str) -> Self {
         Self {
             name: name.to_string(),
-            url: url.to_string(),
+            url: Some(url.to_string()),
+            replicas: None,
+            load_factor: default_load_factor(),
+            eject_after: default_eject_after(),
             connect_timeout: default_connect_timeout(),
             request_timeout: default_request_timeout(),
             health_interval: default_health_interval(),
@@ -246,6 +265,12 @@ fn default_health_interval() -> Duration {
 }
 fn default_pool_size() -> usize {
     64
+}
+fn default_load_factor() -> f64 {
+    crate::ring::DEFAULT_LOAD_FACTOR
+}
+fn default_eject_after() -> u32 {
+    3
 }
 
 /// Parses `250ms`, `10s`, `5m`, `1h`, or a bare number of seconds.

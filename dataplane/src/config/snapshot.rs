@@ -1,6 +1,10 @@
 //! The validated, immutable configuration every worker reads: upstream URLs resolved to socket
 //! addresses, names checked, limits in the codec's own type. Built by [`Snapshot::from_config`];
 //! a bad file is an error that names the field, never a half-applied config.
+//!
+//! Each [`Upstream`] has one or more [`Replica`]s (`url:` or `replicas:` in the file) and the
+//! consistent-hash [`Ring`] over their URLs that step 7 (`affinity`, in `hub`) picks from.
+//! An edge slot is an upstream with exactly one replica: the loopback edge bridge.
 
 use std::net::{SocketAddr, ToSocketAddrs};
 use std::path::PathBuf;
@@ -8,6 +12,7 @@ use std::sync::{Arc, OnceLock};
 use std::time::Duration;
 
 use super::raw::HubConfig;
+use crate::ring::{Ring, DEFAULT_VNODES};
 
 /// Why a config was refused. The message names the offending field.
 #[derive(Debug, thiserror::Error)]
@@ -39,6 +44,9 @@ pub enum Driver {
 
 /// Most upstreams one hub federates, edge slots included (health is one `u64` bit mask).
 pub const MAX_UPSTREAMS: usize = 64;
+
+/// Most replicas of one upstream (a failover walk tracks the tried ones in a `u64` bit mask).
+pub const MAX_REPLICAS: usize = 64;
 
 /// An upstream's name: fixed for a configured upstream; for an edge slot, bound once, when an
 /// edge first announces a server for it, and kept for the life of the hub (so exposed names
@@ -108,6 +116,31 @@ pub struct EdgeSettings {
     pub request_timeout: Duration,
 }
 
+/// One endpoint of an upstream, resolved.
+#[derive(Debug, Clone)]
+pub struct Replica {
+    /// Resolved address.
+    pub addr: SocketAddr,
+    /// `Host` header value.
+    pub host: Arc<str>,
+    /// Request target path (with query).
+    pub path: Arc<str>,
+    /// The URL as configured (its name on the ring and in messages).
+    pub url: Arc<str>,
+}
+
+impl Replica {
+    fn parse(field: &str, url: &str) -> Result<Replica, ConfigError> {
+        let (addr, host, path) = parse_http_url(field, url)?;
+        Ok(Replica {
+            addr,
+            host: host.into(),
+            path: path.into(),
+            url: url.into(),
+        })
+    }
+}
+
 /// One federated upstream, resolved.
 #[derive(Debug, Clone)]
 pub struct Upstream {
@@ -117,14 +150,17 @@ pub struct Upstream {
     pub name: UpstreamName,
     /// For an edge slot: its slot number (reached through the edge bridge, not by URL).
     pub edge_slot: Option<usize>,
-    /// The URL as configured (for messages).
+    /// The URL(s) as configured, comma-separated (for messages).
     pub url: Arc<str>,
-    /// Resolved address.
-    pub addr: SocketAddr,
-    /// `Host` header value.
-    pub host: Arc<str>,
-    /// Request target path (with query).
-    pub path: Arc<str>,
+    /// Its endpoints (at least one; an edge slot has exactly one). Indices are stable and are
+    /// the node indices of `ring`.
+    pub replicas: Vec<Replica>,
+    /// Consistent-hash ring over the replica URLs.
+    pub ring: Ring,
+    /// Bounded-load factor of the replica choice (at least 1.0).
+    pub load_factor: f64,
+    /// Consecutive failed requests that eject a replica.
+    pub eject_after: u32,
     /// TCP connect timeout.
     pub connect_timeout: Duration,
     /// Hard cap on one request.
@@ -208,6 +244,11 @@ fn parse_http_url(field: &str, url: &str) -> Result<(SocketAddr, String, String)
     Ok((addr, authority.to_string(), path.to_string()))
 }
 
+fn ring_of(replicas: &[Replica]) -> Ring {
+    let names: Vec<&str> = replicas.iter().map(|r| &*r.url).collect();
+    Ring::new(&names, DEFAULT_VNODES)
+}
+
 impl Snapshot {
     /// Validates a raw config.
     ///
@@ -287,7 +328,53 @@ impl Snapshot {
                     format!("{:?} is also the name of upstreams[{}]", u.name, prev.index),
                 ));
             }
-            let (addr, host, path) = parse_http_url(&f("url"), &u.url)?;
+            let replicas = match (&u.url, &u.replicas) {
+                (Some(_), Some(_)) => {
+                    return Err(err(
+                        f("replicas"),
+                        "give either url (one endpoint) or replicas (several), not both",
+                    ))
+                }
+                (None, None) => {
+                    return Err(err(
+                        f("url"),
+                        "missing: give url (one endpoint) or replicas (a list of endpoints)",
+                    ))
+                }
+                (Some(url), None) => vec![Replica::parse(&f("url"), url)?],
+                (None, Some(list)) => {
+                    if list.is_empty() {
+                        return Err(err(f("replicas"), "must list at least one http:// URL"));
+                    }
+                    if list.len() > MAX_REPLICAS {
+                        return Err(err(
+                            f("replicas"),
+                            format!(
+                                "{} replicas; at most {MAX_REPLICAS} are supported",
+                                list.len()
+                            ),
+                        ));
+                    }
+                    let mut out: Vec<Replica> = Vec::with_capacity(list.len());
+                    for (j, url) in list.iter().enumerate() {
+                        let field = format!("upstreams[{i}].replicas[{j}]");
+                        if let Some(k) = list[..j].iter().position(|p| p == url) {
+                            return Err(err(field, format!("{url:?} is also replicas[{k}]")));
+                        }
+                        out.push(Replica::parse(&field, url)?);
+                    }
+                    out
+                }
+            };
+            if u.load_factor.is_nan() || u.load_factor < 1.0 {
+                return Err(err(
+                    f("load_factor"),
+                    format!("{} must be at least 1.0", u.load_factor),
+                ));
+            }
+            if u.eject_after == 0 {
+                return Err(err(f("eject_after"), "must be at least 1"));
+            }
             if u.connect_timeout.is_zero() || u.request_timeout.is_zero() {
                 return Err(err(
                     f("request_timeout"),
@@ -298,10 +385,16 @@ impl Snapshot {
                 index: i,
                 name: UpstreamName::fixed(&u.name),
                 edge_slot: None,
-                url: u.url.as_str().into(),
-                addr,
-                host: host.into(),
-                path: path.into(),
+                url: replicas
+                    .iter()
+                    .map(|r| &*r.url)
+                    .collect::<Vec<_>>()
+                    .join(", ")
+                    .into(),
+                ring: ring_of(&replicas),
+                replicas,
+                load_factor: u.load_factor,
+                eject_after: u.eject_after,
                 connect_timeout: u.connect_timeout,
                 request_timeout: u.request_timeout,
                 health_interval: u.health_interval.max(Duration::from_millis(100)),
@@ -400,14 +493,22 @@ impl Snapshot {
         let Some(e) = &self.edge else { return };
         let base = self.upstreams.len();
         for k in 0..e.slots {
+            let url: Arc<str> = format!("edge slot {k}").into();
+            let replicas = vec![Replica {
+                addr: bridge,
+                host: bridge.to_string().into(),
+                path: format!("/slot/{k}/{token}").into(),
+                url: url.clone(),
+            }];
             self.upstreams.push(Upstream {
                 index: base + k,
                 name: UpstreamName::unbound(),
                 edge_slot: Some(k),
-                url: format!("edge slot {k}").into(),
-                addr: bridge,
-                host: bridge.to_string().into(),
-                path: format!("/slot/{k}/{token}").into(),
+                url,
+                ring: ring_of(&replicas),
+                replicas,
+                load_factor: crate::ring::DEFAULT_LOAD_FACTOR,
+                eject_after: 3,
                 connect_timeout: Duration::from_secs(2),
                 request_timeout: e.request_timeout,
                 health_interval: Duration::from_secs(3600),
@@ -436,9 +537,24 @@ mod tests {
     #[test]
     fn valid_minimal() {
         let s = load("upstreams:\n  - name: a\n    url: http://127.0.0.1:9/mcp\n").unwrap();
-        assert_eq!(s.upstreams[0].path.as_ref(), "/mcp");
-        assert_eq!(s.upstreams[0].host.as_ref(), "127.0.0.1:9");
+        assert_eq!(s.upstreams[0].replicas.len(), 1);
+        assert_eq!(s.upstreams[0].replicas[0].path.as_ref(), "/mcp");
+        assert_eq!(s.upstreams[0].replicas[0].host.as_ref(), "127.0.0.1:9");
+        assert_eq!(s.upstreams[0].ring.len(), 1);
+        assert_eq!(s.upstreams[0].load_factor, 1.25);
+        assert_eq!(s.upstreams[0].eject_after, 3);
         assert_eq!(s.separator.as_deref(), Some("__"));
+    }
+
+    #[test]
+    fn replicas() {
+        let s = load("upstreams:\n  - name: a\n    replicas: [http://127.0.0.1:9/mcp, http://127.0.0.1:10/x]\n    load_factor: 2\n    eject_after: 5\n").unwrap();
+        let u = &s.upstreams[0];
+        assert_eq!(u.replicas.len(), 2);
+        assert_eq!(u.replicas[1].path.as_ref(), "/x");
+        assert_eq!(&*u.replicas[1].url, "http://127.0.0.1:10/x");
+        assert_eq!(u.ring.len(), 2);
+        assert_eq!((u.load_factor, u.eject_after), (2.0, 5));
     }
 
     #[test]
@@ -455,6 +571,13 @@ mod tests {
             ("upstreams:\n  - name: a\n    url: http://127.0.0.1:1/\n  - name: a\n    url: http://127.0.0.1:2/\n", "upstreams[1].name"),
             ("upstreams:\n  - name: a\n    url: http://127.0.0.1:1/\n    timeout: 5s\n", "unknown field"),
             ("limits:\n  head_timeout: 5 parsecs\n", "invalid duration"),
+            ("upstreams:\n  - name: a\n    url: http://127.0.0.1:1/\n    replicas: [http://127.0.0.1:2/]\n", "upstreams[0].replicas: give either url"),
+            ("upstreams:\n  - name: a\n", "upstreams[0].url: missing"),
+            ("upstreams:\n  - name: a\n    replicas: []\n", "upstreams[0].replicas: must list"),
+            ("upstreams:\n  - name: a\n    replicas: [http://127.0.0.1:1/, ftp://x/]\n", "upstreams[0].replicas[1]"),
+            ("upstreams:\n  - name: a\n    replicas: [http://127.0.0.1:1/, http://127.0.0.1:1/]\n", "upstreams[0].replicas[1]"),
+            ("upstreams:\n  - name: a\n    url: http://127.0.0.1:1/\n    load_factor: 0.5\n", "upstreams[0].load_factor"),
+            ("upstreams:\n  - name: a\n    url: http://127.0.0.1:1/\n    eject_after: 0\n", "upstreams[0].eject_after"),
         ];
         for (yaml, want) in cases {
             let e = load(yaml).unwrap_err();
