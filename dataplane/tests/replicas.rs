@@ -257,8 +257,9 @@ fn killed_replica_fails_only_calls_in_flight_and_comes_back() {
             );
         }
     }
+    let read_only = on_victim.iter().filter(|&&i| i % 2 == 1).count();
     eprintln!(
-        "killed {victim} with {} of 30 sessions on it: {failed} calls failed (in flight); every affected session succeeded again within {recovered:?}",
+        "killed {victim} with {} of 30 sessions on it ({read_only} calling a read-only tool, never failing): {failed} calls failed (in flight); every affected session succeeded again within {recovered:?}",
         on_victim.len()
     );
     // At most one call in flight per session on the killed replica can fail.
@@ -282,13 +283,14 @@ fn killed_replica_fails_only_calls_in_flight_and_comes_back() {
 
     // Restart it on the same port: the prober marks it up, and new sessions use it again.
     let restarted = mock(victim, addrs[1], Duration::ZERO);
+    let restarted_at = Instant::now();
     let up = down.replace("} 0", "} 1");
     let deadline = Instant::now() + Duration::from_secs(10);
     while !metrics(&hub).contains(&up) {
         assert!(Instant::now() < deadline, "restarted replica not marked up");
         std::thread::sleep(Duration::from_millis(100));
     }
-    let came_back = killed_at.elapsed();
+    let came_back = restarted_at.elapsed();
     let mut landed = 0;
     for _ in 0..30 {
         let sid = initialize(&*hub, "2025-11-25");
@@ -296,7 +298,7 @@ fn killed_replica_fails_only_calls_in_flight_and_comes_back() {
             landed += 1;
         }
     }
-    eprintln!("restarted {victim} is up again; {landed} of 30 new sessions landed on it ({came_back:?} after the kill)");
+    eprintln!("restarted {victim} is up again; {landed} of 30 new sessions landed on it (marked up {came_back:?} after the restart)");
     assert!(landed > 0, "no new session on the restarted replica");
     assert!(restarted.stats().calls.load(Ordering::Relaxed) >= landed);
 }
