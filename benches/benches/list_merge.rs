@@ -10,6 +10,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use criterion::{Criterion, Throughput};
+use dataplane::config::UpstreamName;
 use dataplane::federation::{merge, parse_page, render_page, ListKind, Naming, UpstreamList};
 use serde_json::json;
 
@@ -57,7 +58,7 @@ fn bench_lists(c: &mut Criterion) {
     let fs = tools_response("fs");
     let naming = Naming {
         separator: Some(Arc::from("__")),
-        upstreams: vec![Arc::from("github"), Arc::from("fs")],
+        upstreams: vec![UpstreamName::fixed("github"), UpstreamName::fixed("fs")],
     };
     let lists = [Some(upstream_list(&github)), Some(upstream_list(&fs))];
 

@@ -70,14 +70,29 @@ pub struct Hub {
     generation: AtomicU64,
     /// The address the listener actually bound (after port 0 is resolved).
     pub bound: parking_lot::Mutex<Option<std::net::SocketAddr>>,
+    /// The shared session store (several hub replicas); `None` = sessions live in memory only.
+    pub store: Option<Arc<dyn crate::store::SessionStore>>,
+    /// The hub replicas, when this hub is one of several.
+    pub cluster: Option<Arc<crate::cluster::Cluster>>,
 }
 
 impl Hub {
     /// Shared state for a snapshot. Configured upstreams start as up (the prober corrects it
     /// quickly, and a refused connection marks one down at once); edge slots start down.
     pub fn new(snap: Arc<Snapshot>) -> Arc<Self> {
+        Self::with_cluster(snap, None, None)
+    }
+
+    /// Shared state for a hub that is one of several replicas sharing `store`.
+    pub fn with_cluster(
+        snap: Arc<Snapshot>,
+        store: Option<Arc<dyn crate::store::SessionStore>>,
+        cluster: Option<Arc<crate::cluster::Cluster>>,
+    ) -> Arc<Self> {
         let n = snap.upstreams.len();
         Arc::new(Hub {
+            store,
+            cluster,
             naming: Naming {
                 separator: snap.separator.clone(),
                 upstreams: snap.upstreams.iter().map(|u| u.name.clone()).collect(),
@@ -266,7 +281,8 @@ impl Hub {
         first
     }
 
-    fn next_generation(&self) -> u64 {
+    /// A fresh upstream-session generation number.
+    pub fn next_generation(&self) -> u64 {
         self.generation.fetch_add(1, Ordering::Relaxed)
     }
 }
@@ -632,6 +648,7 @@ pub async fn open_upstream_avoiding(
         st.lists.invalidate_upstream(u);
     }
     load.armed = false;
+    crate::persist::save(&w.hub, session);
     Ok(us)
 }
 
@@ -698,11 +715,41 @@ async fn housekeeping(hub: Arc<Hub>) {
             monoio::spawn(async move { probe_loop(w, u, r).await });
         }
     }
+    let mut last_refresh = std::time::Instant::now();
+    let mut last_store_up = true;
     loop {
         monoio::time::sleep(Duration::from_secs(1)).await;
         for s in hub.sessions.expire(hub.snap.session_ttl) {
             tracing::info!(session = %s.id, "session expired (idle)");
+            crate::persist::forget(&hub, &s.id);
             close_upstreams(&w, &s).await;
+        }
+        if let Some(store) = &hub.store {
+            let up = store.status().up;
+            hub.metrics.set_store_up(up);
+            if up && !last_store_up {
+                // Writes dropped while the store was down: write every live session again.
+                for s in hub.sessions.all() {
+                    crate::persist::save(&hub, &s);
+                }
+            }
+            last_store_up = up;
+        }
+        // Stored records expire an idle TTL after their last write: refresh live sessions'
+        // records a few times per TTL (and DNS-discovered replica sets on their interval).
+        let every = hub.snap.session_ttl / 3;
+        if last_refresh.elapsed()
+            >= every.min(hub.cluster.as_ref().map_or(every, |c| c.refresh_interval()))
+        {
+            last_refresh = std::time::Instant::now();
+            if let Some(c) = &hub.cluster {
+                c.refresh();
+            }
+            if hub.store.is_some() {
+                for s in hub.sessions.all() {
+                    crate::persist::save(&hub, &s);
+                }
+            }
         }
     }
 }

@@ -21,6 +21,7 @@
 //! [`store`] is the shared session store (memory, or Redis with sealed values) for takeover.
 
 pub mod admit;
+pub mod cluster;
 pub mod config;
 pub mod demo;
 pub mod edge;
@@ -29,6 +30,7 @@ pub mod federation;
 pub mod hub;
 pub mod mcp;
 pub mod metrics;
+pub mod persist;
 pub mod preflight;
 pub mod ring;
 pub mod server;
@@ -69,7 +71,21 @@ pub fn start(snap: config::Snapshot) -> std::io::Result<Running> {
         }
         None => None,
     };
-    let hub = hub::Hub::new(Arc::new(snap));
+    // The shared store (Redis) and the replica ring, when this hub is one of several.
+    let store = match &snap.store {
+        Some(cfg) => Some(
+            store::open(cfg).map_err(|e| std::io::Error::other(format!("session store: {e}")))?,
+        ),
+        None => None,
+    };
+    let cluster = snap.cluster.clone().map(cluster::Cluster::new);
+    if cluster.is_some() && store.is_none() {
+        tracing::warn!("cluster configured without a shared store: a replica's sessions are lost with it (configure store: redis)");
+    }
+    let hub = hub::Hub::with_cluster(Arc::new(snap), store, cluster);
+    if let Some(st) = &hub.store {
+        hub.metrics.set_store_up(st.status().up);
+    }
     *hub.bound.lock() = Some(addr);
     let edge_addr = match (bridge, &hub.snap.edge) {
         (Some(b), Some(settings)) => Some(edge::start(hub.clone(), settings, b)?),

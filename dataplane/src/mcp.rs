@@ -75,6 +75,9 @@ pub async fn handle(w: &Rc<Worker>, conn: &mut Conn, req: Request, bound_loopbac
     if let Err(e) = crate::admit::check_origin_and_host(&w.hub.snap, bound_loopback, &req.head) {
         return reply_error(conn, &e, req.head.keep_alive).await;
     }
+    if let Some(keep) = route_to_owner(w, conn, &req).await {
+        return keep;
+    }
     match req.head.method {
         Method::Post => post(w, conn, req).await,
         Method::Get => get(w, conn, &req).await,
@@ -84,6 +87,49 @@ pub async fn handle(w: &Rc<Worker>, conn: &mut Conn, req: Request, bound_loopbac
             reply_error(conn, &e, req.head.keep_alive).await
         }
     }
+}
+
+/// Hub replicas (DESIGN.md §6): a request for a session this replica does not hold goes to
+/// the session's owner in one hop (`Some(keep)`: answered there); when this replica is the
+/// owner, or the request was already forwarded once (loop guard), the session is taken over
+/// from the shared store and the request continues here (`None`; no record → 404 as usual).
+async fn route_to_owner(w: &Rc<Worker>, conn: &mut Conn, req: &Request) -> Option<bool> {
+    let cluster = w.hub.cluster.as_ref()?;
+    let sid = req.head.headers.get_str("mcp-session-id")?;
+    if w.hub.sessions.get(sid).is_some() {
+        return None;
+    }
+    if req.head.headers.get(crate::cluster::FORWARDED_BY).is_none() {
+        // At most one try per other replica: each failure marks that replica down.
+        for _ in 0..cluster.members().len() {
+            let crate::cluster::Route::Peer { name, addr } = cluster.route(sid) else {
+                break;
+            };
+            match crate::cluster::forward(cluster, conn, req, &name, addr).await {
+                Ok(keep) => {
+                    w.metrics
+                        .forwarded
+                        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                    return Some(keep);
+                }
+                Err(e) => {
+                    tracing::warn!(session = %sid, error = %e, "forwarding to the session's owner failed");
+                    cluster.mark_down(&name);
+                    if e.sent {
+                        // It may have run there: fail it clearly instead of running it twice.
+                        // The session itself moves on with the next request.
+                        let err = ProxyError::new(
+                            ErrorKind::UpstreamUnavailable,
+                            format!("the hub replica owning this session ({name}) failed while handling this request (it may or may not have run); the session continues on another replica: retry"),
+                        );
+                        return Some(reply_error(conn, &err, req.head.keep_alive).await);
+                    }
+                }
+            }
+        }
+    }
+    crate::persist::take_over(&w.hub, sid).await;
+    None
 }
 
 /// Writes an error reply; returns whether the connection may be kept alive.
@@ -367,8 +413,14 @@ fn initialize(w: &Worker, p: &Peeked<'_>) -> Result<(Arc<str>, Bytes), ProxyErro
             RawValue::from_string(r#"{"name":"unknown","version":"0"}"#.into())
                 .expect("literal is JSON")
         });
-    let session = Session::new(version, caps, info, w.hub.snap.upstreams.len());
+    // One of several replicas mints only ids it owns, so `initialize` needs no hop.
+    let sid = match &w.hub.cluster {
+        Some(c) => c.mint(),
+        None => crate::session::mint_session_id(),
+    };
+    let session = Session::with_id(sid, version, caps, info, w.hub.snap.upstreams.len());
     w.hub.sessions.insert(session.clone());
+    crate::persist::save(&w.hub, &session);
     let names: Vec<&str> = w
         .hub
         .snap
@@ -488,6 +540,8 @@ async fn request(
                 } else if m == method::RESOURCES_UNSUBSCRIBE {
                     st.subscriptions.retain(|(su, s)| !(*su == u && s == uri));
                 }
+                drop(st);
+                crate::persist::save(&w.hub, session);
             }
             (Some(u), out)
         }
@@ -730,6 +784,7 @@ async fn set_level(
             )
         })?;
     session.state.lock().log_level = Some(level.clone());
+    crate::persist::save(&w.hub, session);
     let mut body =
         br#"{"jsonrpc":"2.0","id":"mg-level","method":"logging/setLevel","params":{"level":"#
             .to_vec();
@@ -1509,6 +1564,7 @@ async fn delete(w: &Rc<Worker>, conn: &mut Conn, req: &Request) -> bool {
         let e = ProxyError::new(ErrorKind::UnknownSession, "unknown or expired session");
         return reply_error(conn, &e, keep).await;
     };
+    crate::persist::forget(&w.hub, &session.id);
     crate::hub::close_upstreams(w, &session).await;
     tracing::debug!(session = %session.id, "session deleted");
     conn.write_empty(200, &[], keep).await.is_ok() && keep

@@ -51,6 +51,8 @@ pub fn outcome_index(label: &str) -> usize {
 
 /// One worker's counters.
 pub struct WorkerMetrics {
+    /// Requests this worker forwarded to the hub replica owning their session.
+    pub forwarded: AtomicU64,
     upstreams: usize,
     requests: Vec<AtomicU64>,
     latency_buckets: Vec<AtomicU64>,
@@ -63,6 +65,7 @@ impl WorkerMetrics {
     pub fn new(upstreams: usize) -> Self {
         let cells = METHODS.len() * (upstreams + 1) * OUTCOMES.len();
         Self {
+            forwarded: AtomicU64::new(0),
             upstreams,
             requests: (0..cells).map(|_| AtomicU64::new(0)).collect(),
             latency_buckets: (0..METHODS.len() * (BUCKETS.len() + 1))
@@ -102,9 +105,16 @@ pub struct Metrics {
     pub open_streams: AtomicI64,
     /// Client connections currently open.
     pub open_connections: AtomicI64,
+    /// The shared session store: -1 none configured, 0 down, 1 up.
+    store_up: AtomicI64,
 }
 
 impl Metrics {
+    /// Records whether the shared session store is reachable (shown once set).
+    pub fn set_store_up(&self, up: bool) {
+        self.store_up.store(i64::from(up), Ordering::Relaxed);
+    }
+
     /// Metrics for `workers` workers and `upstreams` upstreams.
     pub fn new(workers: usize, upstreams: usize) -> Self {
         Self {
@@ -113,6 +123,7 @@ impl Metrics {
                 .collect(),
             open_streams: AtomicI64::new(0),
             open_connections: AtomicI64::new(0),
+            store_up: AtomicI64::new(-1),
         }
     }
 
@@ -216,6 +227,26 @@ impl Metrics {
             "meshgate_open_connections {}",
             self.open_connections.load(Ordering::Relaxed)
         );
+        let forwarded: u64 = self
+            .workers
+            .iter()
+            .map(|w| w.forwarded.load(Ordering::Relaxed))
+            .sum();
+        let _ = writeln!(
+            out,
+            "# HELP meshgate_forwarded_total Requests forwarded to the hub replica owning their session."
+        );
+        let _ = writeln!(out, "# TYPE meshgate_forwarded_total counter");
+        let _ = writeln!(out, "meshgate_forwarded_total {forwarded}");
+        let store = self.store_up.load(Ordering::Relaxed);
+        if store >= 0 {
+            let _ = writeln!(
+                out,
+                "# HELP meshgate_store_up Whether the shared session store is reachable."
+            );
+            let _ = writeln!(out, "# TYPE meshgate_store_up gauge");
+            let _ = writeln!(out, "meshgate_store_up {store}");
+        }
         let _ = writeln!(
             out,
             "# HELP meshgate_upstream_up Whether the upstream passed its last health check."

@@ -36,6 +36,10 @@ impl SessionTable {
     pub fn insert(&self, s: Arc<Session>) {
         self.map.insert(s.id.clone(), s);
     }
+    /// Inserts `s` unless a session with its id is already there; returns the one kept.
+    pub fn insert_if_absent(&self, s: Arc<Session>) -> Arc<Session> {
+        self.map.entry(s.id.clone()).or_insert(s).value().clone()
+    }
     /// The live session with this id.
     pub fn get(&self, id: &str) -> Option<Arc<Session>> {
         let s = self.map.get(id).map(|e| e.value().clone())?;
@@ -156,6 +160,7 @@ pub struct Session {
     /// The client's `clientInfo` object, as sent.
     pub client_info: Box<serde_json::value::RawValue>,
     created: Instant,
+    created_unix_ms: u64,
     last_seen_ms: AtomicU64,
     closed: AtomicBool,
     /// Woken when the session closes, and when its set of upstream sessions changes.
@@ -167,8 +172,26 @@ pub struct Session {
 }
 
 impl Session {
-    /// A new session for a client that sent these capabilities and info.
+    /// A new session for a client that sent these capabilities and info, with a fresh id.
     pub fn new(
+        version: &'static str,
+        client_capabilities: Box<serde_json::value::RawValue>,
+        client_info: Box<serde_json::value::RawValue>,
+        upstreams: usize,
+    ) -> Arc<Self> {
+        Self::with_id(
+            mint_session_id(),
+            version,
+            client_capabilities,
+            client_info,
+            upstreams,
+        )
+    }
+
+    /// A session with a given id: one a hub replica minted for itself, or one taken over
+    /// from the shared store.
+    pub fn with_id(
+        id: Arc<str>,
         version: &'static str,
         client_capabilities: Box<serde_json::value::RawValue>,
         client_info: Box<serde_json::value::RawValue>,
@@ -181,7 +204,10 @@ impl Session {
             ..SessionState::default()
         };
         Arc::new(Session {
-            id: mint_session_id(),
+            id,
+            created_unix_ms: std::time::SystemTime::now()
+                .duration_since(std::time::UNIX_EPOCH)
+                .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             version,
             client_capabilities,
             client_info,
@@ -193,6 +219,11 @@ impl Session {
             next_pending: AtomicU64::new(1),
             state: Mutex::new(state),
         })
+    }
+
+    /// When the session was created (Unix ms; kept in the store record).
+    pub fn created_unix_ms(&self) -> u64 {
+        self.created_unix_ms
     }
 
     /// Records activity (requests, and open streams while they live).

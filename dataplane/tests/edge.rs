@@ -82,7 +82,7 @@ fn edge_yaml(certs: &Certs, id: &str, hub: &str, server_name: &str, transport: &
         .collect::<Vec<_>>()
         .join(", ");
     format!(
-        "edge:\n  id: {id}\nhub:\n  addr: \"{hub}\"\n  server_name: {server_name}\n  ca: {}\n  cert: {}\n  key: {}\n  transport: {transport}\n  backoff_max: 400ms\ndevice:\n  enabled: true\nservers:\n  - name: everything\n    kind: stdio\n    command: \"{node}\"\n    args: [{args}]\n    mode: shared\n",
+        "edge:\n  id: {id}\nhub:\n  addr: \"{hub}\"\n  server_name: {server_name}\n  ca: {}\n  cert: {}\n  key: {}\n  transport: {transport}\n  backoff_max: 400ms\n  keepalive: 500ms\n  idle_timeout: 2s\ndevice:\n  enabled: true\nservers:\n  - name: everything\n    kind: stdio\n    command: \"{node}\"\n    args: [{args}]\n    mode: shared\n",
         certs.path("ca.pem"),
         certs.path(&format!("{id}.pem")),
         certs.path(&format!("{id}-key.pem")),

@@ -209,6 +209,7 @@ fn record(principal: &str) -> SessionRecord {
             replica: "10.1.2.3:8080".into(),
             session_id: Some("up-sess-1".into()),
             version: "2025-03-26".into(),
+            capabilities: "{}".into(),
         }],
         subscriptions: vec![("files".into(), "file:///etc/motd".into())],
         log_level: Some("debug".into()),

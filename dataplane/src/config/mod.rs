@@ -5,5 +5,5 @@
 pub mod raw;
 pub mod snapshot;
 
-pub use raw::{EdgeConfig, HubConfig, UpstreamConfig};
+pub use raw::{ClusterConfig, EdgeConfig, HubConfig, StoreConfig, UpstreamConfig};
 pub use snapshot::{ConfigError, Driver, EdgeSettings, Replica, Snapshot, Upstream, UpstreamName};

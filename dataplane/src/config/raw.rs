@@ -63,6 +63,86 @@ pub struct HubConfig {
     /// Edge tunnels: where `meshgate-edge` agents dial in (absent = no edge tunnels).
     #[serde(default)]
     pub edge: Option<EdgeConfig>,
+    /// Hub replicas sharing sessions (absent = this hub alone).
+    #[serde(default)]
+    pub cluster: Option<ClusterConfig>,
+    /// Where sessions are kept for takeover by another replica (absent = memory only).
+    #[serde(default)]
+    pub store: Option<StoreConfig>,
+}
+
+/// Hub replicas: who the others are and how to reach the owner of a session.
+///
+/// ```yaml
+/// cluster:
+///   advertise: 10.0.0.11:8080     # this replica's address as the others reach it
+///   peers: [10.0.0.11:8080, 10.0.0.12:8080, 10.0.0.13:8080]
+///   # or: dns: meshgate-headless.mcp.svc.cluster.local:8080   (a Kubernetes headless service)
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ClusterConfig {
+    /// This replica's `ip:port` on the ring; default: the `listen` address (must then be a
+    /// concrete address, not 0.0.0.0). Env `MESHGATE_ADVERTISE` overrides it (e.g. the pod IP).
+    #[serde(default)]
+    pub advertise: Option<String>,
+    /// The replicas (`ip:port`), this one included or not.
+    #[serde(default)]
+    pub peers: Vec<String>,
+    /// A DNS name (`host:port`) resolving to the replicas, re-resolved every `refresh`.
+    #[serde(default)]
+    pub dns: Option<String>,
+    /// DNS refresh interval.
+    #[serde(default = "default_refresh", deserialize_with = "duration")]
+    pub refresh: Duration,
+    /// Connect/answer timeout of the internal hop to a session's owner.
+    #[serde(default = "default_forward_timeout", deserialize_with = "duration")]
+    pub forward_timeout: Duration,
+}
+
+/// The shared session store.
+///
+/// ```yaml
+/// store:
+///   kind: redis                       # memory (default) | redis
+///   url: redis://10.0.0.20:6379/0     # or cluster: [redis://a:6379, redis://b:6379]
+///   keys: /etc/meshgate/store.keys    # or keys_env: MESHGATE_STORE_KEYS
+/// ```
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct StoreConfig {
+    /// `memory` or `redis`.
+    #[serde(default = "default_store_kind")]
+    pub kind: String,
+    /// Redis (or Valkey) URL, standalone.
+    #[serde(default)]
+    pub url: Option<String>,
+    /// Redis Cluster node URLs (instead of `url`).
+    #[serde(default)]
+    pub cluster: Vec<String>,
+    /// Key file: lines `<kid>:<base64 32 bytes>` (first = active) and `index:<base64 32 bytes>`.
+    #[serde(default)]
+    pub keys: Option<String>,
+    /// Environment variable holding the same lines (instead of `keys`).
+    #[serde(default)]
+    pub keys_env: Option<String>,
+    /// Idle TTL of a stored session; default: `session.idle_ttl`.
+    #[serde(default, deserialize_with = "opt_duration")]
+    pub ttl: Option<Duration>,
+}
+
+fn default_refresh() -> Duration {
+    Duration::from_secs(5)
+}
+fn default_forward_timeout() -> Duration {
+    Duration::from_secs(2)
+}
+fn default_store_kind() -> String {
+    "memory".into()
+}
+
+fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
+    duration(d).map(Some)
 }
 
 /// The hub's end of the edge tunnels.

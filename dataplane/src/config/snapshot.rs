@@ -202,6 +202,10 @@ pub struct Snapshot {
     pub upstreams: Vec<Upstream>,
     /// Edge tunnels, if configured.
     pub edge: Option<EdgeSettings>,
+    /// Hub replicas, if configured.
+    pub cluster: Option<crate::cluster::ClusterSettings>,
+    /// The shared session store, if configured (`None` = sessions live in memory only).
+    pub store: Option<crate::store::StoreConfig>,
 }
 
 /// Whether `s` is a legal MCP name: 1–128 chars of `[A-Za-z0-9_.-]`.
@@ -247,6 +251,96 @@ fn parse_http_url(field: &str, url: &str) -> Result<(SocketAddr, String, String)
 fn ring_of(replicas: &[Replica]) -> Ring {
     let names: Vec<&str> = replicas.iter().map(|r| &*r.url).collect();
     Ring::new(&names, DEFAULT_VNODES)
+}
+
+fn cluster_settings(
+    cfg: &HubConfig,
+    listen: SocketAddr,
+) -> Result<Option<crate::cluster::ClusterSettings>, ConfigError> {
+    let Some(c) = &cfg.cluster else {
+        return Ok(None);
+    };
+    let advertise = match std::env::var("MESHGATE_ADVERTISE").ok().or(c.advertise.clone()) {
+        Some(a) => a,
+        None if !listen.ip().is_unspecified() && listen.port() != 0 => listen.to_string(),
+        None => {
+            return Err(err(
+                "cluster.advertise",
+                "required when listen is 0.0.0.0 or port 0: the ip:port other replicas reach this one at (or env MESHGATE_ADVERTISE)",
+            ))
+        }
+    };
+    let check = |field: &str, a: &str| -> Result<(), ConfigError> {
+        a.parse::<SocketAddr>()
+            .map(|_| ())
+            .map_err(|e| err(field, format!("{a:?} is not ip:port: {e}")))
+    };
+    check("cluster.advertise", &advertise)?;
+    for (i, p) in c.peers.iter().enumerate() {
+        check(&format!("cluster.peers[{i}]"), p)?;
+    }
+    if c.peers.is_empty() && c.dns.is_none() {
+        return Err(err(
+            "cluster.peers",
+            "give the replicas as peers, or a dns name",
+        ));
+    }
+    if c.forward_timeout.is_zero() || c.refresh.is_zero() {
+        return Err(err(
+            "cluster.forward_timeout",
+            "timeouts must be greater than zero",
+        ));
+    }
+    Ok(Some(crate::cluster::ClusterSettings {
+        advertise,
+        peers: c.peers.clone(),
+        dns: c.dns.clone(),
+        refresh: c.refresh,
+        forward_timeout: c.forward_timeout,
+    }))
+}
+
+fn store_config(cfg: &HubConfig) -> Result<Option<crate::store::StoreConfig>, ConfigError> {
+    use crate::store::{KeySource, StoreKind};
+    let Some(s) = &cfg.store else {
+        return Ok(None);
+    };
+    let ttl = s.ttl.unwrap_or(cfg.session.idle_ttl);
+    if ttl.is_zero() {
+        return Err(err("store.ttl", "must be greater than zero"));
+    }
+    let kind = match s.kind.as_str() {
+        "memory" => return Ok(None),
+        "redis" | "valkey" => {
+            if s.url.is_none() && s.cluster.is_empty() {
+                return Err(err(
+                    "store.url",
+                    "redis needs url (or cluster: [node urls])",
+                ));
+            }
+            StoreKind::Redis {
+                url: s.url.clone().unwrap_or_default(),
+                cluster: s.cluster.clone(),
+            }
+        }
+        other => {
+            return Err(err(
+                "store.kind",
+                format!("{other:?}: expected memory or redis"),
+            ))
+        }
+    };
+    let keys = match (&s.keys, &s.keys_env) {
+        (Some(f), None) => KeySource::File(f.into()),
+        (None, Some(v)) => KeySource::Env(v.clone()),
+        _ => {
+            return Err(err(
+                "store.keys",
+                "give exactly one of keys (a key file) or keys_env (an environment variable)",
+            ))
+        }
+    };
+    Ok(Some(crate::store::StoreConfig { kind, ttl, keys }))
 }
 
 impl Snapshot {
@@ -484,6 +578,8 @@ impl Snapshot {
             sse_keepalive: cfg.sse_keepalive.max(Duration::from_millis(100)),
             upstreams,
             edge,
+            cluster: cluster_settings(cfg, listen)?,
+            store: store_config(cfg)?,
         })
     }
 

@@ -66,6 +66,9 @@ pub struct UpstreamRecord {
     pub session_id: Option<String>,
     /// The revision the upstream negotiated.
     pub version: String,
+    /// The upstream's declared capabilities, raw JSON text (empty in older records).
+    #[serde(default)]
+    pub capabilities: String,
 }
 
 /// Which backend.
@@ -258,6 +261,7 @@ mod tests {
                 replica: "10.0.0.1:80".into(),
                 session_id: Some("u1".into()),
                 version: "2025-03-26".into(),
+                capabilities: r#"{"tools":{}}"#.into(),
             }],
             subscriptions: vec![("fs".into(), "file:///a".into())],
             log_level: Some("debug".into()),

@@ -1,0 +1,140 @@
+//! Session persistence: what a session writes to the shared store when its state changes, and
+//! how another hub replica rebuilds it from that record (takeover). Beside step 4 (`session`)
+//! of the request path: writes are fire-and-forget (the store queues them to its own thread),
+//! reads happen only when a replica must take over a session it does not hold.
+//!
+//! A record holds only what continuing the session needs (DESIGN.md §6): negotiated version,
+//! the client's info and capabilities, each upstream session (upstream and replica by name,
+//! upstream session id, version, capabilities), subscriptions and log level. Replay buffers,
+//! pending server→client requests and cached lists stay in memory: after a takeover the client
+//! resumes its streams from the new replica without the events the dead one had buffered.
+
+use std::sync::Arc;
+
+use serde_json::value::RawValue;
+
+use crate::hub::Hub;
+use crate::session::{Session, UpstreamSession};
+use crate::store::{SessionRecord, UpstreamRecord};
+
+/// The principal of anonymous sessions (no authentication configured yet).
+pub const ANONYMOUS: &str = "";
+
+/// The store record of a session, as it stands.
+pub fn record_of(hub: &Hub, s: &Session) -> SessionRecord {
+    let st = s.state.lock();
+    let ups = &hub.snap.upstreams;
+    let upstreams = st
+        .upstreams
+        .iter()
+        .enumerate()
+        .filter_map(|(u, us)| {
+            let us = us.as_ref()?;
+            let up = ups.get(u)?;
+            Some(UpstreamRecord {
+                upstream: up.name.to_string(),
+                replica: up
+                    .replicas
+                    .get(us.replica)
+                    .map(|r| r.url.to_string())
+                    .unwrap_or_default(),
+                session_id: us.sid.as_deref().map(str::to_string),
+                version: us.version.to_string(),
+                capabilities: us.capabilities.to_string(),
+            })
+        })
+        .collect();
+    let subscriptions = st
+        .subscriptions
+        .iter()
+        .filter_map(|(u, uri)| Some((ups.get(*u)?.name.to_string(), uri.clone())))
+        .collect();
+    SessionRecord {
+        principal: ANONYMOUS.to_string(),
+        version: s.version.to_string(),
+        client_info: s.client_info.get().to_string(),
+        client_capabilities: s.client_capabilities.get().to_string(),
+        upstreams,
+        subscriptions,
+        log_level: st.log_level.clone(),
+        created_unix_ms: s.created_unix_ms(),
+    }
+}
+
+/// Writes the session's record (no-op without a store). Call after every state change worth
+/// keeping: creation, an upstream session opened or replaced, subscribe/unsubscribe, log level.
+pub fn save(hub: &Hub, s: &Session) {
+    if let Some(store) = &hub.store {
+        store.put(&s.id, ANONYMOUS, &record_of(hub, s));
+    }
+}
+
+/// Removes the session's record everywhere (DELETE, expiry).
+pub fn forget(hub: &Hub, id: &str) {
+    if let Some(store) = &hub.store {
+        store.delete(id, ANONYMOUS);
+    }
+}
+
+/// Rebuilds session `id` from the store and adds it to this replica's table; `None` when the
+/// store has no (valid) record for it. Upstream sessions continue where they were: same
+/// upstream replica, same upstream session id.
+pub async fn take_over(hub: &Arc<Hub>, id: &str) -> Option<Arc<Session>> {
+    let store = hub.store.as_ref()?;
+    let rec = match store.get(id, ANONYMOUS).await {
+        Ok(Some(r)) => r,
+        Ok(None) => return None,
+        Err(e) => {
+            tracing::warn!(session = %id, error = %e, "cannot take a session over: the store is unavailable");
+            return None;
+        }
+    };
+    let version = mcp_wire::mcp::legacy_revision(&rec.version)?;
+    let caps = RawValue::from_string(rec.client_capabilities).ok()?;
+    let info = RawValue::from_string(rec.client_info).ok()?;
+    let n = hub.snap.upstreams.len();
+    let s = Session::with_id(Arc::from(id), version, caps, info, n);
+    {
+        let mut st = s.state.lock();
+        for r in &rec.upstreams {
+            let Some(u) = hub
+                .snap
+                .upstreams
+                .iter()
+                .position(|x| *x.name == *r.upstream)
+            else {
+                continue;
+            };
+            let up = &hub.snap.upstreams[u];
+            let Some(replica) = up.replicas.iter().position(|x| *x.url == *r.replica) else {
+                continue;
+            };
+            let Some(version) = mcp_wire::mcp::legacy_revision(&r.version) else {
+                continue;
+            };
+            let capabilities = serde_json::from_str(&r.capabilities)
+                .unwrap_or(serde_json::Value::Object(Default::default()));
+            st.upstreams[u] = Some(UpstreamSession {
+                sid: r.session_id.as_deref().map(Arc::from),
+                version: version.into(),
+                capabilities: Arc::new(capabilities),
+                generation: hub.next_generation(),
+                replica,
+            });
+            hub.acquire(u, replica);
+        }
+        st.log_level = rec.log_level;
+        st.subscriptions = rec
+            .subscriptions
+            .iter()
+            .filter_map(|(name, uri)| {
+                let u = hub.snap.upstreams.iter().position(|x| *x.name == **name)?;
+                Some((u, uri.clone()))
+            })
+            .collect();
+    }
+    // Another request may have taken it over meanwhile: the first one in the table wins.
+    let kept = hub.sessions.insert_if_absent(s);
+    tracing::info!(session = %id, "took the session over from the shared store");
+    Some(kept)
+}
