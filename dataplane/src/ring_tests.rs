@@ -54,13 +54,65 @@ fn fixture_mapping_is_pinned() {
     }
 }
 
+/// Pins the hash definition to XXH64 (seed 0) by the published xxHash test vectors: the empty
+/// input, the tail paths (1 and 3 bytes; 16 bytes = two words), and inputs of 39 and 46 bytes,
+/// which go through the 32-byte stripe loop, its merge and every tail step.
 #[test]
-fn hash_is_fnv1a_then_fmix64() {
-    // FNV-1a 64 of "" and "a" are published test vectors.
-    assert_eq!(fnv1a(FNV_OFFSET, b""), 0xcbf2_9ce4_8422_2325);
-    assert_eq!(fnv1a(FNV_OFFSET, b"a"), 0xaf63_dc4c_8601_ec8c);
-    assert_eq!(hash(b"a"), fmix64(0xaf63_dc4c_8601_ec8c));
-    assert_eq!(fmix64(0), 0);
+fn hash_is_xxh64_seed_0() {
+    assert_eq!(hash(b""), 0xef46_db37_51d8_e999);
+    assert_eq!(hash(b"a"), 0xd24e_c4f1_a98c_6e5b);
+    assert_eq!(hash(b"abc"), 0x44bc_2cf5_ad77_0999);
+    assert_eq!(hash(b"asdf"), 0x4158_72f5_99ce_a71e);
+    assert_eq!(hash(b"Call me Ishmael."), 0x6d04_390f_c9d6_1a90);
+    assert_eq!(
+        hash(b"Nobody inspects the spammish repetition"),
+        0xfbce_a83c_8a37_8bf1
+    );
+    assert_eq!(
+        hash(b"Some years ago--never mind how long precisely-"),
+        0x8f26_f2b9_86af_dc52
+    );
+}
+
+/// The first-level index only narrows the search: every lookup lands where a plain binary
+/// search over all points (wrapping) would, for rings from 1 point up.
+#[test]
+fn index_agrees_with_a_full_binary_search() {
+    for (n, vnodes) in [
+        (1, 1),
+        (1, 2),
+        (2, 1),
+        (3, 3),
+        (5, 160),
+        (10, 160),
+        (300, 7),
+    ] {
+        let ring = Ring::new(
+            &names(n).iter().map(String::as_str).collect::<Vec<_>>(),
+            vnodes,
+        );
+        assert!(ring.hashes.windows(2).all(|w| w[0] <= w[1]));
+        assert_eq!(ring.index.len(), (1 << (64 - ring.shift)) + 1);
+        let mut probes: Vec<Vec<u8>> = (0..2000).map(|i| key(i).into_bytes()).collect();
+        probes.push(Vec::new());
+        for k in &probes {
+            let h = hash(k);
+            let full = ring.hashes.partition_point(|&p| p < h);
+            let want = if full == ring.hashes.len() { 0 } else { full };
+            assert_eq!(ring.start(k), want, "n={n} vnodes={vnodes}");
+            assert_eq!(ring.primary(k), Some(ring.owners[want] as usize));
+        }
+        // Exact point hashes, their neighbours, and the ends of the hash space.
+        let mut hs: Vec<u64> = vec![0, 1, u64::MAX - 1, u64::MAX];
+        for &p in ring.hashes.iter() {
+            hs.extend([p.wrapping_sub(1), p, p.wrapping_add(1)]);
+        }
+        for h in hs {
+            let full = ring.hashes.partition_point(|&p| p < h);
+            let want = if full == ring.hashes.len() { 0 } else { full };
+            assert_eq!(ring.start_at(h), want, "n={n} vnodes={vnodes} h={h:#x}");
+        }
+    }
 }
 
 fn check_removal(n: usize) {
