@@ -15,8 +15,9 @@ use clap::{Parser, Subcommand};
 
 use edge_agent::{EdgeConfig, Surface};
 
-#[global_allocator]
-static GLOBAL: mimalloc::MiMalloc = mimalloc::MiMalloc;
+// No mimalloc here (unlike the hub): on a small edge box idle memory matters more than
+// allocation speed, and mimalloc's per-thread segments cost ~11 MiB of RSS at idle (measured:
+// 19.8 MiB with it, 8.4 MiB with the system allocator; BENCHMARKS.md).
 
 /// meshgate edge agent.
 #[derive(Parser, Debug)]
@@ -216,7 +217,9 @@ fn real_main(cli: Cli) -> anyhow::Result<()> {
 }
 
 fn runtime() -> anyhow::Result<tokio::runtime::Runtime> {
-    tokio::runtime::Builder::new_multi_thread()
+    // One thread: the agent waits on sockets and pipes; a multi-thread runtime only adds
+    // threads and memory (26 MiB vs 20 MiB idle RSS, measured with mimalloc).
+    tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
         .context("tokio runtime")
