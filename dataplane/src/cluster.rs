@@ -277,6 +277,14 @@ pub async fn forward(
         Ok(Err(e)) => return Err(unreachable(e.to_string())),
         Err(_) => return Err(unreachable(format!("connect timed out after {t:?}"))),
     };
+    // A TCP connect to a dead replica's port on the same host can pick that very port as its
+    // source and connect to itself (nothing listens there): that is "refused", not a peer.
+    let local = up.inner().local_addr().ok();
+    if local.is_some() && local == up.inner().peer_addr().ok() {
+        return Err(unreachable(
+            "nothing listens there (self-connected socket)".into(),
+        ));
+    }
     let mut headers: Vec<(&str, &[u8])> = req
         .head
         .headers
