@@ -232,6 +232,35 @@ pub struct Unreachable {
     pub sent: bool,
 }
 
+/// Idle kept-alive connections to other replicas, per worker thread (a worker is one thread
+/// and `ClientConn` never leaves it).
+const MAX_IDLE: usize = 64;
+
+thread_local! {
+    static IDLE: std::cell::RefCell<Vec<(SocketAddr, ClientConn)>> =
+        const { std::cell::RefCell::new(Vec::new()) };
+}
+
+fn take_idle(addr: SocketAddr) -> Option<ClientConn> {
+    IDLE.with(|v| {
+        let mut v = v.borrow_mut();
+        let i = v.iter().rposition(|(a, _)| *a == addr)?;
+        Some(v.swap_remove(i).1)
+    })
+}
+
+fn put_idle(addr: SocketAddr, conn: ClientConn) {
+    if !conn.is_reusable() {
+        return;
+    }
+    IDLE.with(|v| {
+        let mut v = v.borrow_mut();
+        if v.len() < MAX_IDLE {
+            v.push((addr, conn));
+        }
+    });
+}
+
 /// Headers never copied across the hop (hop-by-hop, or written by the codec).
 fn end_to_end(name: &str) -> bool {
     !matches!(
@@ -272,19 +301,6 @@ pub async fn forward(
         sent: true,
     };
     let t = cluster.forward_timeout();
-    let mut up = match monoio::time::timeout(t, ClientConn::connect(addr)).await {
-        Ok(Ok(c)) => c,
-        Ok(Err(e)) => return Err(unreachable(e.to_string())),
-        Err(_) => return Err(unreachable(format!("connect timed out after {t:?}"))),
-    };
-    // A TCP connect to a dead replica's port on the same host can pick that very port as its
-    // source and connect to itself (nothing listens there): that is "refused", not a peer.
-    let local = up.inner().local_addr().ok();
-    if local.is_some() && local == up.inner().peer_addr().ok() {
-        return Err(unreachable(
-            "nothing listens there (self-connected socket)".into(),
-        ));
-    }
     let mut headers: Vec<(&str, &[u8])> = req
         .head
         .headers
@@ -295,19 +311,56 @@ pub async fn forward(
     let method = std::str::from_utf8(&req.head.method_raw).unwrap_or("POST");
     let target = std::str::from_utf8(&req.head.target).unwrap_or("/");
     let host = peer.to_string();
-    let head = match monoio::time::timeout(
-        t.max(Duration::from_secs(30)),
-        up.send(method, target, &host, &headers, &req.body),
-    )
-    .await
-    {
-        Ok(Ok(h)) => h,
-        // Refused before any byte of the request was taken: never delivered.
-        Ok(Err(h1::ClientError::Io(e))) if e.kind() == std::io::ErrorKind::ConnectionRefused => {
-            return Err(unreachable(e.to_string()))
+    let answer_within = t.max(Duration::from_secs(30));
+    // A kept-alive connection to the peer first (no connect on the hot path). One the peer
+    // closed while idle fails before any answer: the request goes once more on a fresh one.
+    let mut pooled = None;
+    if let Some(mut idle) = take_idle(addr) {
+        match monoio::time::timeout(
+            answer_within,
+            idle.send(method, target, &host, &headers, &req.body),
+        )
+        .await
+        {
+            Ok(Ok(h)) => pooled = Some((idle, h)),
+            Ok(Err(h1::ClientError::Closed)) | Ok(Err(h1::ClientError::Io(_))) => {}
+            Ok(Err(e)) => return Err(lost(e.to_string())),
+            Err(_) => return Err(lost("no answer".into())),
         }
-        Ok(Err(e)) => return Err(lost(e.to_string())),
-        Err(_) => return Err(lost("no answer".into())),
+    }
+    let (mut up, head) = match pooled {
+        Some(p) => p,
+        None => {
+            let mut up = match monoio::time::timeout(t, ClientConn::connect(addr)).await {
+                Ok(Ok(c)) => c,
+                Ok(Err(e)) => return Err(unreachable(e.to_string())),
+                Err(_) => return Err(unreachable(format!("connect timed out after {t:?}"))),
+            };
+            // A TCP connect to a dead replica's port on the same host can pick that very port
+            // as its source and connect to itself (nothing listens there): that is "refused".
+            let local = up.inner().local_addr().ok();
+            if local.is_some() && local == up.inner().peer_addr().ok() {
+                return Err(unreachable(
+                    "nothing listens there (self-connected socket)".into(),
+                ));
+            }
+            match monoio::time::timeout(
+                answer_within,
+                up.send(method, target, &host, &headers, &req.body),
+            )
+            .await
+            {
+                Ok(Ok(h)) => (up, h),
+                // Refused before any byte of the request was taken: never delivered.
+                Ok(Err(h1::ClientError::Io(e)))
+                    if e.kind() == std::io::ErrorKind::ConnectionRefused =>
+                {
+                    return Err(unreachable(e.to_string()))
+                }
+                Ok(Err(e)) => return Err(lost(e.to_string())),
+                Err(_) => return Err(lost("no answer".into())),
+            }
+        }
     };
     let keep = req.head.keep_alive;
     let copied: Vec<(String, Bytes)> = head
@@ -318,12 +371,16 @@ pub async fn forward(
         .collect();
     let out: Vec<(&str, &[u8])> = copied.iter().map(|(n, v)| (n.as_str(), &v[..])).collect();
     match head.body {
-        BodyKind::Empty => Ok(conn.write_empty(head.status, &out, keep).await.is_ok() && keep),
+        BodyKind::Empty => {
+            put_idle(addr, up);
+            Ok(conn.write_empty(head.status, &out, keep).await.is_ok() && keep)
+        }
         BodyKind::Length(n) if n <= MAX_WHOLE => {
             let body = match up.read_to_end(MAX_WHOLE as usize).await {
                 Ok(b) => b,
                 Err(e) => return Err(lost(format!("answer body: {e}"))),
             };
+            put_idle(addr, up);
             Ok(conn
                 .write_full(head.status, &out, &body, keep)
                 .await
@@ -341,7 +398,10 @@ pub async fn forward(
                             return Ok(false);
                         }
                     }
-                    Ok(None) => break,
+                    Ok(None) => {
+                        put_idle(addr, up);
+                        break;
+                    }
                     Err(e) => {
                         tracing::warn!(replica = %peer, error = %e, "forwarded stream broke");
                         return Ok(false);
