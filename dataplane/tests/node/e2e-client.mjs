@@ -65,7 +65,15 @@ const skip = (why) => { throw new Skip(why); };
 function assert(cond, msg) {
   if (!cond) throw new Error(msg);
 }
+// --skip SUBSTRING (repeatable as a comma list): checks whose name contains it are reported as
+// skipped with the reason given by --skip-reason (for known, documented gaps of one setup).
+const SKIPS = (args.skip ?? '').split(',').map((x) => x.trim()).filter(Boolean);
 async function check(name, fn, ms = 15000) {
+  if (SKIPS.some((x) => name.includes(x))) {
+    skipped++;
+    console.log(`ok - ${name} # SKIP ${args['skip-reason'] ?? 'skipped by --skip'}`);
+    return;
+  }
   try {
     await withTimeout(Promise.resolve().then(fn), ms, name);
     passed++;
