@@ -5,10 +5,12 @@
 //! 1. [`server`] reads requests with the `h1` codec (limits, timeouts);
 //! 2. [`admit`] checks Origin/Host and media types;
 //! 3. [`mcp_wire::peek()`] reads method, id, name/uri without decoding the body;
-//! 4. [`session`] finds the session (`initialize` creates it);
+//! 4. [`session`] finds the session (`initialize` creates it); with hub replicas, [`cluster`]
+//!    sends a request to the replica owning its session in one hop, and [`persist`] takes a
+//!    session over from the shared [`store`] when its owner is gone;
 //! 5. [`mcp`] answers what the hub owns and routes the rest, using [`federation`] for merged
 //!    lists and name/URI mapping;
-//! 6. [`hub`] opens upstream sessions and tracks upstream health;
+//! 6. [`hub`] opens upstream sessions on the replica the [`ring`] picks and tracks replica health;
 //! 7. [`upstream`] sends to the upstream over pooled connections and relays SSE.
 //!
 //! [`error::ProxyError`] is the one error type; [`metrics`] counts everything; [`config`] is
@@ -16,9 +18,9 @@
 //!
 //! Off the request path: [`preflight`] refuses to start on unprefixed name collisions;
 //! [`demo`] holds the two example servers of `meshgate --demo`; [`ring`] is the bounded-load
-//! consistent-hash ring that step 7 (`affinity`) will use for upstream and hub replicas;
-//! [`edge`] accepts edge tunnels on its own thread and bridges edge slots to them.
-//! [`store`] is the shared session store (memory, or Redis with sealed values) for takeover.
+//! consistent-hash ring used for upstream replicas and hub replicas; [`edge`] accepts edge
+//! tunnels on its own thread and bridges edge slots to them; [`store`] is the shared session
+//! store (Redis with sealed values) that [`persist`] writes on state change.
 
 pub mod admit;
 pub mod cluster;

@@ -136,10 +136,7 @@ impl Nginx {
             }
             std::thread::sleep(Duration::from_millis(20));
         }
-        let _ = Command::new("kill")
-            .args(["-s", "KILL", "--", &format!("-{}", child.id())])
-            .stderr(Stdio::null())
-            .status();
+        let _ = kill_group(child.id());
         let _ = child.kill();
         let _ = child.wait();
         panic!("nginx did not start");
@@ -151,10 +148,7 @@ impl Nginx {
 
 impl Drop for Nginx {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-s", "KILL", "--", &format!("-{}", self.child.id())])
-            .stderr(Stdio::null())
-            .status();
+        let _ = kill_group(self.child.id());
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

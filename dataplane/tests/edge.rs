@@ -131,10 +131,7 @@ impl Agent {
 
 impl Drop for Agent {
     fn drop(&mut self) {
-        let _ = Command::new("kill")
-            .args(["-s", "KILL", "--", &format!("-{}", self.child.id())])
-            .stderr(Stdio::null())
-            .status();
+        let _ = kill_group(self.child.id());
         let _ = self.child.kill();
         let _ = self.child.wait();
     }

@@ -430,7 +430,7 @@ pub fn spawn_ready(mut cmd: Command, ready: &str, within: Duration) -> Proc {
 }
 
 /// Kills a whole process group (the child was started as its leader).
-fn kill_group(pgid: u32) -> std::io::Result<std::process::ExitStatus> {
+pub fn kill_group(pgid: u32) -> std::io::Result<std::process::ExitStatus> {
     Command::new("kill")
         .args(["-s", "KILL", "--", &format!("-{pgid}")])
         .stderr(Stdio::null())
