@@ -1,5 +1,5 @@
 //! `ProxyError`: every way a request can end early, with one mapping to an HTTP status and a
-//! JSON-RPC error (DESIGN.md §9). Every stage returns it; `mcp::reply_error` renders it once.
+//! JSON-RPC error (DESIGN.md §9). Every stage returns it; `pipeline::reply_error` renders it once.
 //!
 //! The mappings are exhaustive `match`es without a wildcard, so a new variant forces a decision
 //! about its status, code, source and retry policy.

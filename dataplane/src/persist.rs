@@ -17,9 +17,6 @@ use crate::hub::Hub;
 use crate::session::{Session, UpstreamSession};
 use crate::store::{SessionRecord, UpstreamRecord};
 
-/// The principal of anonymous sessions (no authentication configured yet).
-pub const ANONYMOUS: &str = "";
-
 /// The store record of a session, as it stands.
 pub fn record_of(hub: &Hub, s: &Session) -> SessionRecord {
     let st = s.state.lock();
@@ -50,7 +47,7 @@ pub fn record_of(hub: &Hub, s: &Session) -> SessionRecord {
         .filter_map(|(u, uri)| Some((ups.get(*u)?.name.to_string(), uri.clone())))
         .collect();
     SessionRecord {
-        principal: ANONYMOUS.to_string(),
+        principal: s.principal.to_string(),
         version: s.version.to_string(),
         client_info: s.client_info.get().to_string(),
         client_capabilities: s.client_capabilities.get().to_string(),
@@ -65,25 +62,78 @@ pub fn record_of(hub: &Hub, s: &Session) -> SessionRecord {
 /// keeping: creation, an upstream session opened or replaced, subscribe/unsubscribe, log level.
 pub fn save(hub: &Hub, s: &Session) {
     if let Some(store) = &hub.store {
-        store.put(&s.id, ANONYMOUS, &record_of(hub, s));
+        store.put(&s.id, &s.principal, &record_of(hub, s));
     }
 }
 
 /// Removes the session's record everywhere (DELETE, expiry).
-pub fn forget(hub: &Hub, id: &str) {
+pub fn forget(hub: &Hub, id: &str, principal: &str) {
     if let Some(store) = &hub.store {
-        store.delete(id, ANONYMOUS);
+        store.delete(id, principal);
+    }
+}
+
+/// Session ids the store recently did not know: a request naming one is answered 404 without
+/// another store lookup for [`NegativeCache::TTL`]. Bounded: past [`NegativeCache::MAX`]
+/// entries the expired ones go, then (a flood of random ids) the whole table.
+#[derive(Default)]
+pub struct NegativeCache {
+    map: parking_lot::Mutex<std::collections::HashMap<Box<str>, std::time::Instant>>,
+}
+
+impl NegativeCache {
+    /// How long "unknown" is believed. Short: a record written by a replica that died just
+    /// after `initialize` may arrive in the store a moment late.
+    pub const TTL: std::time::Duration = std::time::Duration::from_secs(2);
+    /// Most ids remembered.
+    pub const MAX: usize = 4096;
+
+    /// Whether `key` was recently found unknown.
+    pub fn contains(&self, key: &str) -> bool {
+        let map = self.map.lock();
+        map.get(key).is_some_and(|t| t.elapsed() < Self::TTL)
+    }
+
+    /// Remembers `key` as unknown.
+    pub fn insert(&self, key: &str) {
+        let mut map = self.map.lock();
+        if map.len() >= Self::MAX {
+            map.retain(|_, t| t.elapsed() < Self::TTL);
+            if map.len() >= Self::MAX {
+                map.clear();
+            }
+        }
+        map.insert(key.into(), std::time::Instant::now());
+    }
+
+    /// Ids remembered now (tests, metrics).
+    pub fn len(&self) -> usize {
+        self.map.lock().len()
+    }
+
+    /// Whether nothing is remembered.
+    pub fn is_empty(&self) -> bool {
+        self.map.lock().is_empty()
     }
 }
 
 /// Rebuilds session `id` from the store and adds it to this replica's table; `None` when the
 /// store has no (valid) record for it. Upstream sessions continue where they were: same
 /// upstream replica, same upstream session id.
-pub async fn take_over(hub: &Arc<Hub>, id: &str) -> Option<Arc<Session>> {
+pub async fn take_over(hub: &Arc<Hub>, id: &str, principal: &str) -> Option<Arc<Session>> {
     let store = hub.store.as_ref()?;
-    let rec = match store.get(id, ANONYMOUS).await {
+    // The negative cache is keyed like the store (id and principal), so one principal's
+    // misses say nothing about another's.
+    let neg_key = format!("{principal}\u{0}{id}");
+    if hub.unknown_sessions.contains(&neg_key) {
+        return None;
+    }
+    let rec = match store.get(id, principal).await {
         Ok(Some(r)) => r,
-        Ok(None) => return None,
+        Ok(None) => {
+            hub.unknown_sessions.insert(&neg_key);
+            return None;
+        }
         Err(e) => {
             tracing::warn!(session = %id, error = %e, "cannot take a session over: the store is unavailable");
             return None;
@@ -93,7 +143,7 @@ pub async fn take_over(hub: &Arc<Hub>, id: &str) -> Option<Arc<Session>> {
     let caps = RawValue::from_string(rec.client_capabilities).ok()?;
     let info = RawValue::from_string(rec.client_info).ok()?;
     let n = hub.snap.upstreams.len();
-    let s = Session::with_id(Arc::from(id), version, caps, info, n);
+    let s = Session::with_id(Arc::from(id), principal, version, caps, info, n);
     {
         let mut st = s.state.lock();
         for r in &rec.upstreams {
@@ -133,8 +183,18 @@ pub async fn take_over(hub: &Arc<Hub>, id: &str) -> Option<Arc<Session>> {
             })
             .collect();
     }
-    // Another request may have taken it over meanwhile: the first one in the table wins.
-    let kept = hub.sessions.insert_if_absent(s);
-    tracing::info!(session = %id, "took the session over from the shared store");
+    // Another request may have taken it over meanwhile: the first one in the table wins, and
+    // the loser gives back the replica loads it counted.
+    let kept = hub.sessions.insert_if_absent(s.clone());
+    if Arc::ptr_eq(&kept, &s) {
+        tracing::info!(session = %id, "took the session over from the shared store");
+    } else {
+        let st = s.state.lock();
+        for (u, us) in st.upstreams.iter().enumerate() {
+            if let Some(us) = us {
+                hub.release(u, us.replica);
+            }
+        }
+    }
     Some(kept)
 }

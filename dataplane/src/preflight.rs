@@ -12,9 +12,10 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use crate::catalog::fetch_list;
 use crate::config::Snapshot;
 use crate::federation::ListKind;
-use crate::hub::{fetch_list, handshake};
+use crate::hub::lifecycle::handshake;
 use crate::upstream::{self, Pool};
 
 /// A problem found at startup.
@@ -82,7 +83,7 @@ async fn names_of(
             .await
             .map_err(|e| e.to_string())?
             .into_iter()
-            .map(|i| i.key)
+            .map(|i| i.key.to_string())
             .collect()
     } else {
         Vec::new()

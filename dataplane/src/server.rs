@@ -40,7 +40,7 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream, bound_loopback: bool) {
         };
         let path = req.head.path();
         let keep = if path == w.hub.snap.endpoint.as_bytes() {
-            crate::mcp::handle(&w, &mut conn, req, bound_loopback).await
+            crate::pipeline::handle(&w, &mut conn, req, bound_loopback).await
         } else {
             ops(&w, &mut conn, &req).await
         };

@@ -101,6 +101,8 @@ pub struct ClientConn {
     broken: bool,
     /// Keep-alive as agreed for the last exchange.
     keep_alive: bool,
+    /// Whether the last [`ClientConn::send`] wrote its whole request.
+    written: bool,
 }
 
 impl ClientConn {
@@ -125,7 +127,42 @@ impl ClientConn {
             busy: false,
             broken: false,
             keep_alive: true,
+            written: false,
         }
+    }
+
+    /// Whether the last [`ClientConn::send`] got its whole request written to the socket. After
+    /// a failed send this tells "never delivered" (`false`: the peer cannot have acted on an
+    /// incomplete request) from "may have been delivered" (`true`: the failure came while
+    /// waiting for the answer).
+    pub fn request_written(&self) -> bool {
+        self.written
+    }
+
+    /// Whether the peer has closed this (idle) connection or sent bytes nobody asked for, so it
+    /// must not be reused. A non-blocking peek at the socket; call it only on idle connections.
+    pub fn peer_closed(&self) -> bool {
+        let fd = std::os::fd::AsRawFd::as_raw_fd(&self.io);
+        let mut byte = [0u8; 1];
+        // SAFETY: `fd` belongs to `self.io`, which is borrowed (so open) for the whole call;
+        // `byte` is a valid, writable 1-byte buffer; MSG_PEEK | MSG_DONTWAIT neither consumes
+        // data nor blocks, whatever mode the socket is in.
+        #[allow(unsafe_code)]
+        let n = unsafe {
+            libc::recv(
+                fd,
+                byte.as_mut_ptr().cast(),
+                1,
+                libc::MSG_PEEK | libc::MSG_DONTWAIT,
+            )
+        };
+        if n < 0 {
+            let e = std::io::Error::last_os_error();
+            // Nothing to read: alive. Anything else (reset...): dead.
+            return e.kind() != std::io::ErrorKind::WouldBlock;
+        }
+        // 0: the peer closed; > 0: stray bytes on an idle connection.
+        true
     }
 
     /// The underlying stream.
@@ -167,6 +204,7 @@ impl ClientConn {
             )));
         }
         self.busy = true;
+        self.written = false;
         let res = self.send_inner(method, target, host, headers, body).await;
         match &res {
             Ok(_) => {}
@@ -205,6 +243,7 @@ impl ClientConn {
         write_buf(&mut self.io, &mut self.wbuf)
             .await
             .map_err(closed_or_io)?;
+        self.written = true;
 
         loop {
             if let Some(head) = self.try_parse_head(method == "HEAD", request_close)? {

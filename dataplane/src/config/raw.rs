@@ -57,6 +57,13 @@ pub struct HubConfig {
     /// Interval of keep-alive comments on idle SSE streams.
     #[serde(default = "default_keepalive", deserialize_with = "duration")]
     pub sse_keepalive: Duration,
+    /// Longest an upstream's cached list is served before it is fetched again (a `list_changed`
+    /// from the upstream refreshes it at once).
+    #[serde(default = "default_catalog_ttl", deserialize_with = "duration")]
+    pub catalog_ttl: Duration,
+    /// How often upstream host names are resolved again (also at once after a failed connect).
+    #[serde(default = "default_dns_refresh", deserialize_with = "duration")]
+    pub dns_refresh: Duration,
     /// The MCP servers this hub federates.
     #[serde(default)]
     pub upstreams: Vec<UpstreamConfig>,
@@ -246,6 +253,10 @@ pub struct SessionConfig {
     pub idle_ttl: Duration,
     /// SSE events kept per stream for `Last-Event-ID` replay.
     pub replay_events: usize,
+    /// A server→client request (sampling, elicitation, roots) the client has not answered
+    /// within this is given up: the upstream that asked gets a JSON-RPC error.
+    #[serde(deserialize_with = "duration")]
+    pub pending_timeout: Duration,
 }
 
 impl Default for SessionConfig {
@@ -253,8 +264,17 @@ impl Default for SessionConfig {
         Self {
             idle_ttl: Duration::from_secs(30 * 60),
             replay_events: 256,
+            pending_timeout: Duration::from_secs(300),
         }
     }
+}
+
+fn default_catalog_ttl() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_dns_refresh() -> Duration {
+    Duration::from_secs(30)
 }
 
 /// One federated MCP server (Streamable HTTP), reached at one URL or at several replicas.

@@ -116,11 +116,87 @@ pub struct EdgeSettings {
     pub request_timeout: Duration,
 }
 
+/// A replica's socket address: resolved at load, and again (for a host name) by the resolver
+/// thread on a schedule and after a failed connect. Workers only read it (no lookup on the
+/// request path).
+#[derive(Debug, Clone)]
+pub struct ResolvedAddr(Arc<ResolvedInner>);
+
+#[derive(Debug)]
+struct ResolvedInner {
+    /// `host:port` to look up again; `None` for an IP literal (never changes).
+    name: Option<String>,
+    current: parking_lot::RwLock<SocketAddr>,
+    stale: std::sync::atomic::AtomicBool,
+}
+
+impl ResolvedAddr {
+    /// An address that never changes (an IP literal, the edge bridge).
+    pub fn fixed(addr: SocketAddr) -> Self {
+        Self::new(None, addr)
+    }
+
+    fn new(name: Option<String>, addr: SocketAddr) -> Self {
+        Self(Arc::new(ResolvedInner {
+            name,
+            current: parking_lot::RwLock::new(addr),
+            stale: std::sync::atomic::AtomicBool::new(false),
+        }))
+    }
+
+    /// The address to connect to now.
+    pub fn get(&self) -> SocketAddr {
+        *self.0.current.read()
+    }
+
+    /// Whether this address comes from a host name (so it is looked up again).
+    pub fn has_name(&self) -> bool {
+        self.0.name.is_some()
+    }
+
+    /// Asks the resolver thread to look the name up again soon (a connect failed).
+    pub fn resolve_soon(&self) {
+        if self.has_name() {
+            self.0
+                .stale
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Whether a new lookup was asked for.
+    pub fn is_stale(&self) -> bool {
+        self.0.stale.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Looks the name up again (blocking: only the resolver thread calls this). A failed
+    /// lookup keeps the last address; a changed one is logged.
+    pub fn refresh(&self) {
+        let Some(name) = &self.0.name else { return };
+        self.0
+            .stale
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        match name.to_socket_addrs().map(|mut a| a.next()) {
+            Ok(Some(addr)) => {
+                let old = std::mem::replace(&mut *self.0.current.write(), addr);
+                if old != addr {
+                    tracing::info!(host = %name, from = %old, to = %addr, "upstream address changed");
+                }
+            }
+            Ok(None) => {
+                tracing::warn!(host = %name, "upstream name resolves to no address; keeping the last one")
+            }
+            Err(e) => {
+                tracing::warn!(host = %name, error = %e, "upstream name lookup failed; keeping the last address")
+            }
+        }
+    }
+}
+
 /// One endpoint of an upstream, resolved.
 #[derive(Debug, Clone)]
 pub struct Replica {
-    /// Resolved address.
-    pub addr: SocketAddr,
+    /// Resolved address (re-resolved when named by host).
+    pub addr: ResolvedAddr,
     /// `Host` header value.
     pub host: Arc<str>,
     /// Request target path (with query).
@@ -132,8 +208,11 @@ pub struct Replica {
 impl Replica {
     fn parse(field: &str, url: &str) -> Result<Replica, ConfigError> {
         let (addr, host, path) = parse_http_url(field, url)?;
+        let literal = host_of(&host).parse::<std::net::IpAddr>().is_ok();
+        let port = addr.port();
+        let name = (!literal).then(|| format!("{}:{port}", host_of(&host)));
         Ok(Replica {
-            addr,
+            addr: ResolvedAddr::new(name, addr),
             host: host.into(),
             path: path.into(),
             url: url.into(),
@@ -198,6 +277,12 @@ pub struct Snapshot {
     pub replay_events: usize,
     /// SSE keep-alive interval.
     pub sse_keepalive: Duration,
+    /// Longest an upstream's cached list is served.
+    pub catalog_ttl: Duration,
+    /// How often upstream host names are resolved again.
+    pub dns_refresh: Duration,
+    /// Longest a server→client request waits for the client's answer.
+    pub pending_timeout: Duration,
     /// Upstreams in config order, then the edge slots (added when the hub starts).
     pub upstreams: Vec<Upstream>,
     /// Edge tunnels, if configured.
@@ -214,6 +299,17 @@ pub fn is_mcp_name(s: &str) -> bool {
         && s.len() <= 128
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+/// The host part of an authority (`[::1]:80` → `::1`, `name:80` → `name`).
+fn host_of(authority: &str) -> &str {
+    if let Some(rest) = authority.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or("");
+    }
+    authority
+        .rsplit_once(':')
+        .filter(|(_, p)| p.parse::<u16>().is_ok())
+        .map_or(authority, |(h, _)| h)
 }
 
 fn parse_http_url(field: &str, url: &str) -> Result<(SocketAddr, String, String), ConfigError> {
@@ -576,6 +672,9 @@ impl Snapshot {
             session_ttl: cfg.session.idle_ttl,
             replay_events: cfg.session.replay_events.max(1),
             sse_keepalive: cfg.sse_keepalive.max(Duration::from_millis(100)),
+            catalog_ttl: cfg.catalog_ttl,
+            dns_refresh: cfg.dns_refresh.max(Duration::from_secs(1)),
+            pending_timeout: cfg.session.pending_timeout.max(Duration::from_secs(1)),
             upstreams,
             edge,
             cluster: cluster_settings(cfg, listen)?,
@@ -591,7 +690,7 @@ impl Snapshot {
         for k in 0..e.slots {
             let url: Arc<str> = format!("edge slot {k}").into();
             let replicas = vec![Replica {
-                addr: bridge,
+                addr: ResolvedAddr::fixed(bridge),
                 host: bridge.to_string().into(),
                 path: format!("/slot/{k}/{token}").into(),
                 url: url.clone(),

@@ -1,9 +1,13 @@
-//! Admission: the cheap checks every MCP request passes before its body is looked at (step 2 of
-//! the request path). `Origin` must be a loopback origin or an allowed one (DNS-rebinding
+//! Stage `admit`: the HTTP checks every MCP request passes before anything is looked up for
+//! it, cheapest first. `Origin` must be a loopback origin or an allowed one (DNS-rebinding
 //! defence, 403); while the hub is bound to loopback, `Host` must name loopback or an allowed
-//! host (403). `Accept` and `Content-Type` are checked per method by the endpoint.
+//! host (403). Per method: `Accept` (406), `Content-Type` (415) and `MCP-Protocol-Version`
+//! (400). Last, the JSON-RPC envelope of a POST body is peeked (method, id, name/uri) without
+//! decoding the rest (400 `-32700`/`-32600`).
 
-use h1::RequestHead;
+use h1::{Request, RequestHead};
+use mcp_wire::mcp as mcpv;
+use mcp_wire::Peeked;
 
 use crate::config::Snapshot;
 use crate::error::{ErrorKind, ProxyError};
@@ -33,7 +37,7 @@ fn is_loopback_name(h: &str) -> bool {
 ///
 /// # Errors
 /// `BadOrigin` / `BadHost` (403).
-pub fn check_origin_and_host(
+pub fn origin_and_host(
     snap: &Snapshot,
     bound_loopback: bool,
     head: &RequestHead,
@@ -71,6 +75,79 @@ pub fn check_origin_and_host(
         }
     }
     Ok(())
+}
+
+/// A POST must accept both JSON and SSE answers, carry JSON, and name a served revision.
+///
+/// # Errors
+/// `NotAcceptable` (406), `UnsupportedMediaType` (415), `UnsupportedVersion` (400).
+pub fn post(req: &Request) -> Result<(), ProxyError> {
+    let accept = req.head.headers.get_str("accept").unwrap_or("");
+    if !accepts(accept, "application/json") || !accepts(accept, "text/event-stream") {
+        return Err(ProxyError::new(
+            ErrorKind::NotAcceptable,
+            "Accept must list application/json and text/event-stream",
+        ));
+    }
+    let ct = req.head.headers.get_str("content-type").unwrap_or("");
+    if !ct.to_ascii_lowercase().starts_with("application/json") {
+        return Err(ProxyError::new(
+            ErrorKind::UnsupportedMediaType,
+            format!("Content-Type must be application/json, not {ct:?}"),
+        ));
+    }
+    version_header(req)
+}
+
+/// A GET must accept SSE and name a served revision.
+///
+/// # Errors
+/// `NotAcceptable` (406), `UnsupportedVersion` (400).
+pub fn get(req: &Request) -> Result<(), ProxyError> {
+    let accept = req.head.headers.get_str("accept").unwrap_or("");
+    if !accepts(accept, "text/event-stream") {
+        return Err(ProxyError::new(
+            ErrorKind::NotAcceptable,
+            "Accept must list text/event-stream",
+        ));
+    }
+    version_header(req)
+}
+
+/// `MCP-Protocol-Version`, when present, must name a revision the hub serves (absent means
+/// 2025-03-26 or the session's own).
+///
+/// # Errors
+/// `UnsupportedVersion` (400).
+pub fn version_header(req: &Request) -> Result<(), ProxyError> {
+    if let Some(v) = req.head.headers.get_str("mcp-protocol-version") {
+        if mcpv::legacy_revision(v).is_none() {
+            return Err(ProxyError::new(
+                ErrorKind::UnsupportedVersion,
+                format!(
+                    "unsupported MCP-Protocol-Version {v:?}; supported: {}",
+                    mcpv::LEGACY_REVISIONS.join(", ")
+                ),
+            ));
+        }
+    }
+    Ok(())
+}
+
+/// Peeks one JSON-RPC message: kind, method, id, and the params routing needs.
+///
+/// # Errors
+/// `Parse` (`-32700`) for invalid JSON, `InvalidRequest` (`-32600`) for JSON that is not a
+/// JSON-RPC message.
+pub fn peek(body: &[u8]) -> Result<Peeked<'_>, ProxyError> {
+    mcp_wire::peek(body).map_err(|e| {
+        let kind = if e.code() == mcp_wire::jsonrpc::code::PARSE_ERROR {
+            ErrorKind::Parse
+        } else {
+            ErrorKind::InvalidRequest
+        };
+        ProxyError::new(kind, e.to_string())
+    })
 }
 
 /// Whether an `Accept` header value admits `mime` (`*/*` and `type/*` count).

@@ -1,0 +1,336 @@
+//! The catalog: every upstream's lists (tools, prompts, resources, templates), held once per
+//! upstream and shared by every session, and their merged forms. Read by the `route` stage
+//! (merged list pages, name and URI resolution) and by `forward` (whether a tool may be retried).
+//!
+//! One copy per (upstream, list kind, client-capability class): an upstream may offer tools only
+//! to clients that declared a capability (server-everything registers `trigger-sampling-request`
+//! only for clients declaring `sampling`), so sessions whose clients declared the same
+//! capabilities share one copy, fetched through the first such session's upstream session. With
+//! N sessions of one kind of client and M upstreams the hub makes M fetches per list kind, not
+//! N×M. A copy is dropped when the upstream announces `list_changed` (on any session's stream),
+//! when the upstream goes away (an edge tunnel lost), and after `catalog_ttl`.
+//!
+//! Fetching is single flight per (upstream, kind, class): concurrent requests wait for the one
+//! fetch under way. An upstream that fails to list is skipped from merged lists (logged), so one
+//! bad upstream never empties the whole list. Item keys (names, URIs) are interned as `Arc<str>`.
+
+use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use parking_lot::Mutex;
+use tokio::sync::Notify;
+
+use crate::error::{ErrorKind, ProxyError};
+use crate::federation::{self, Item, ListKind, Merged, UpstreamList};
+use crate::hub::{lifecycle, upstream_failure, Worker};
+use crate::session::{Session, UpstreamSession};
+use crate::upstream::{self, Pool, UpstreamError};
+
+/// A class of client sessions that see the same upstream lists: a hash of the capabilities
+/// their client declared.
+pub type CapsClass = u64;
+
+/// One cached list and its state.
+struct Entry {
+    list: Option<Arc<UpstreamList>>,
+    fetched: Instant,
+    /// Set while a fetch is under way (single flight).
+    fetching: bool,
+    /// Bumped by every invalidation, so a fetch that raced one does not count as fresh.
+    epoch: u64,
+}
+
+/// The lists of one upstream.
+#[derive(Default)]
+struct UpstreamCatalog {
+    entries: Mutex<HashMap<(ListKind, CapsClass), Entry>>,
+    /// Woken whenever a fetch of this upstream ends.
+    fetched: Notify,
+}
+
+/// Key of a merged list: kind, capability class and the health mask it was built for.
+type MergedKey = (ListKind, CapsClass, u64);
+
+/// The shared catalog (in [`crate::hub::Hub`]).
+pub struct Catalog {
+    ttl: Duration,
+    upstreams: Vec<UpstreamCatalog>,
+    merged: Mutex<HashMap<MergedKey, Arc<Merged>>>,
+    epoch: AtomicU64,
+    /// List fetches made, per kind (metrics, tests).
+    fetches: [AtomicU64; 4],
+}
+
+impl Catalog {
+    /// An empty catalog for `n` upstreams whose copies live at most `ttl`.
+    pub fn new(n: usize, ttl: Duration) -> Self {
+        Self {
+            ttl,
+            upstreams: (0..n).map(|_| UpstreamCatalog::default()).collect(),
+            merged: Mutex::new(HashMap::new()),
+            epoch: AtomicU64::new(1),
+            fetches: Default::default(),
+        }
+    }
+
+    /// Upstream list fetches made so far for `kind` (all pages of one list count once).
+    pub fn fetches(&self, kind: ListKind) -> u64 {
+        self.fetches[kind as usize].load(Ordering::Relaxed)
+    }
+
+    /// Forgets upstream `u`'s lists of `kind` (its `list_changed`).
+    pub fn invalidate(&self, u: usize, kind: ListKind) {
+        let epoch = self.epoch.fetch_add(1, Ordering::AcqRel) + 1;
+        if let Some(c) = self.upstreams.get(u) {
+            let mut entries = c.entries.lock();
+            for ((k, _), e) in entries.iter_mut() {
+                if *k == kind {
+                    e.list = None;
+                    e.epoch = epoch;
+                }
+            }
+        }
+        self.merged.lock().retain(|(k, _, _), _| *k != kind);
+    }
+
+    /// Forgets everything about upstream `u` (it went away, e.g. its edge tunnel was lost).
+    pub fn invalidate_upstream(&self, u: usize) {
+        for k in ListKind::ALL {
+            self.invalidate(u, k);
+        }
+    }
+
+    /// The cached list, if fresh.
+    fn cached(&self, u: usize, kind: ListKind, class: CapsClass) -> Option<Arc<UpstreamList>> {
+        let entries = self.upstreams.get(u)?.entries.lock();
+        let e = entries.get(&(kind, class))?;
+        e.list.clone().filter(|_| e.fetched.elapsed() < self.ttl)
+    }
+}
+
+/// Fetches every page of one upstream list, from the replica of `us` (bounded to 1000 pages; a
+/// repeated cursor ends it).
+///
+/// # Errors
+/// [`FetchError`] on the first failing page.
+pub async fn fetch_list(
+    pool: &Pool,
+    up: &crate::config::Upstream,
+    us: &UpstreamSession,
+    kind: ListKind,
+) -> Result<Vec<Item>, FetchError> {
+    let mut items = Vec::new();
+    let mut cursor: Option<String> = None;
+    for _page in 0..1000 {
+        let mut body = br#"{"jsonrpc":"2.0","id":"mg-list","method":""#.to_vec();
+        body.extend_from_slice(kind.method().as_bytes());
+        body.extend_from_slice(b"\",\"params\":{");
+        if let Some(c) = &cursor {
+            body.extend_from_slice(b"\"cursor\":");
+            mcp_wire::jsonrpc::push_json_str(&mut body, c);
+        }
+        body.extend_from_slice(b"}}");
+        let (resp, _) = upstream::request(pool, up, us.replica, Some(us), &body).await?;
+        let (page, next) = federation::parse_page(kind, &resp)?;
+        items.extend(page);
+        match next {
+            Some(c) if Some(&c) != cursor.as_ref() => cursor = Some(c),
+            _ => break,
+        }
+    }
+    Ok(items)
+}
+
+/// Why an upstream list could not be fetched.
+#[derive(Debug, thiserror::Error)]
+pub enum FetchError {
+    /// The exchange failed.
+    #[error(transparent)]
+    Upstream(#[from] UpstreamError),
+    /// The answer was not a list.
+    #[error(transparent)]
+    List(#[from] federation::ListError),
+}
+
+/// Clears the "fetching" mark of an entry and wakes the waiters, however the fetch ends.
+struct FetchGuard<'a> {
+    cat: &'a UpstreamCatalog,
+    key: (ListKind, CapsClass),
+}
+
+impl Drop for FetchGuard<'_> {
+    fn drop(&mut self) {
+        if let Some(e) = self.cat.entries.lock().get_mut(&self.key) {
+            e.fetching = false;
+        }
+        self.cat.fetched.notify_waiters();
+    }
+}
+
+/// Upstream `u`'s whole list of `kind` as `session`'s client may see it: the shared copy when
+/// fresh, else fetched (once, whoever asks at the same time) through `session`'s upstream
+/// session there (opened if needed). An upstream that does not offer the list has an empty one.
+///
+/// # Errors
+/// The upstream's failure, naming it.
+pub async fn upstream_list(
+    w: &Worker,
+    session: &Arc<Session>,
+    u: usize,
+    kind: ListKind,
+) -> Result<Arc<UpstreamList>, ProxyError> {
+    let cat = &w.hub.catalog;
+    let class = session.caps_class;
+    let key = (kind, class);
+    let Some(uc) = cat.upstreams.get(u) else {
+        return Ok(Arc::new(UpstreamList::default()));
+    };
+    let deadline = Instant::now() + w.upstream(u).request_timeout;
+    // Wait for a fetch under way, or become the one fetching.
+    let (_guard, epoch) = loop {
+        let notified = uc.fetched.notified();
+        let mut notified = std::pin::pin!(notified);
+        notified.as_mut().enable();
+        {
+            let mut entries = uc.entries.lock();
+            let e = entries.entry(key).or_insert_with(|| Entry {
+                list: None,
+                fetched: Instant::now(),
+                fetching: false,
+                epoch: 0,
+            });
+            if let Some(l) = e.list.clone().filter(|_| e.fetched.elapsed() < cat.ttl) {
+                return Ok(l);
+            }
+            if !e.fetching {
+                e.fetching = true;
+                break (FetchGuard { cat: uc, key }, e.epoch);
+            }
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if monoio::time::timeout(left, notified).await.is_err() {
+            return Err(ProxyError::new(
+                ErrorKind::UpstreamTimeout,
+                format!(
+                    "upstream '{}' did not list its {} in time",
+                    w.upstream(u).name,
+                    kind.field()
+                ),
+            ));
+        }
+    };
+    let us = crate::pipeline::affinity::upstream_session(w, session, u).await?;
+    let list = if us.has_capability(kind.capability()) {
+        cat.fetches[kind as usize].fetch_add(1, Ordering::Relaxed);
+        match fetch_list(&w.pool, w.upstream(u), &us, kind).await {
+            Ok(items) => Arc::new(UpstreamList { items }),
+            Err(FetchError::Upstream(UpstreamError::SessionGone)) => {
+                lifecycle::drop_upstream_session(&w.hub, session, u, us.generation);
+                return Err(ProxyError::new(
+                    ErrorKind::UpstreamSessionLost,
+                    format!(
+                        "upstream '{}' lost its session while listing",
+                        w.upstream(u).name
+                    ),
+                ));
+            }
+            Err(FetchError::Upstream(e)) => return Err(upstream_failure(w, u, us.replica, &e)),
+            Err(FetchError::List(e)) => {
+                return Err(ProxyError::new(
+                    ErrorKind::UpstreamProtocol,
+                    format!("upstream '{}': {e}", w.upstream(u).name),
+                ))
+            }
+        }
+    } else {
+        Arc::new(UpstreamList::default())
+    };
+    let mut entries = uc.entries.lock();
+    if let Some(e) = entries.get_mut(&key) {
+        // A `list_changed` that arrived while fetching may not be reflected: keep the copy for
+        // this caller but let the next one fetch again.
+        if e.epoch == epoch {
+            e.list = Some(list.clone());
+            e.fetched = Instant::now();
+        }
+    }
+    Ok(list)
+}
+
+/// The merged list of `kind` over the upstreams that are up, for `session`'s capability class.
+/// An upstream failing to list is skipped (logged).
+pub async fn merged(w: &Worker, session: &Arc<Session>, kind: ListKind) -> Arc<Merged> {
+    let cat = &w.hub.catalog;
+    let mask = w.hub.up_mask();
+    let key = (kind, session.caps_class, mask);
+    let n = w.hub.snap.upstreams.len();
+    // Still valid when every part is the shared copy it was built from.
+    let current: Vec<Option<Arc<UpstreamList>>> = (0..n)
+        .map(|u| {
+            if mask & (1 << u) == 0 {
+                None
+            } else {
+                cat.cached(u, kind, session.caps_class)
+            }
+        })
+        .collect();
+    if let Some(m) = cat.merged.lock().get(&key) {
+        if m.parts.len() == n
+            && (0..n).all(|u| match (&m.parts[u], &current[u]) {
+                (None, None) => mask & (1 << u) == 0,
+                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
+                _ => false,
+            })
+        {
+            return m.clone();
+        }
+    }
+    let mut lists = Vec::with_capacity(n);
+    for (u, cur) in current.into_iter().enumerate() {
+        if mask & (1 << u) == 0 {
+            lists.push(None);
+            continue;
+        }
+        if let Some(l) = cur {
+            lists.push(Some(l));
+            continue;
+        }
+        match upstream_list(w, session, u, kind).await {
+            Ok(l) => lists.push(Some(l)),
+            Err(e) => {
+                tracing::warn!(error = %e, list = kind.method(), "upstream skipped in merged list");
+                lists.push(None);
+            }
+        }
+    }
+    let m = Arc::new(federation::merge(kind, &w.hub.naming, &lists, mask));
+    let mut all = cat.merged.lock();
+    // Bounded: one entry per (kind, class, mask) in use; classes are few in practice, but a
+    // client population with ever-new capability sets must not grow this without end.
+    if all.len() >= 1024 {
+        all.clear();
+    }
+    all.insert(key, m.clone());
+    m
+}
+
+/// Whether tool `name` (its upstream name) of upstream `u` may safely run twice
+/// (`readOnlyHint` or `idempotentHint`), from the catalog; fetched when not cached.
+pub async fn tool_retry_safe(w: &Worker, session: &Arc<Session>, u: usize, name: &str) -> bool {
+    if let Some(l) = w.hub.catalog.cached(u, ListKind::Tools, session.caps_class) {
+        return l.retry_safe(name);
+    }
+    upstream_list(w, session, u, ListKind::Tools)
+        .await
+        .is_ok_and(|l| l.retry_safe(name))
+}
+
+/// The cached answer to [`tool_retry_safe`], without fetching (`None` when not cached).
+pub fn cached_retry_safe(w: &Worker, session: &Session, u: usize, name: &str) -> Option<bool> {
+    w.hub
+        .catalog
+        .cached(u, ListKind::Tools, session.caps_class)
+        .map(|l| l.retry_safe(name))
+}

@@ -1,0 +1,545 @@
+//! Stage `relay`: SSE back to the client. Every event the client sees carries a hub-minted id
+//! `<stream>_<seq>` and is kept in a bounded replay buffer, so a GET with `Last-Event-ID`
+//! resumes exactly that stream ([`get_stream`] → [`resume`]). Server→client requests
+//! (sampling, elicitation, roots) get hub-minted ids, recorded so the client's answer finds the
+//! upstream that asked ([`relay_message`]); `list_changed` drops the catalog's copy.
+//!
+//! - [`post_stream`] relays an upstream SSE answer to a POST until its response; it keeps
+//!   reading after the client goes away (the events stay replayable), resumes the upstream
+//!   stream with `Last-Event-ID` when the upstream closes it early (2025-11-25 polling), ends at
+//!   once, with no late response, when the client cancels the request, and otherwise always
+//!   ends with the response or a JSON-RPC error for it.
+//! - [`batch_stream`] answers a 2025-03-26 batch as SSE when one of its answers streams.
+//! - [`standalone_stream`] is the GET stream: it merges the upstream sessions' GET streams
+//!   (resuming each with its last event id when it breaks), and announces `list_changed` when an
+//!   upstream goes down or comes back.
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use h1::Request;
+use mcp_wire::jsonrpc::error_object;
+use mcp_wire::mcp::{self as mcpv, method};
+use mcp_wire::Kind;
+use tokio::sync::mpsc;
+
+use super::Conn;
+use crate::federation::ListKind;
+use crate::hub::Worker;
+use crate::metrics;
+use crate::session::{parse_event_id, Cancel, PendingRequest, ReplayStream, Session};
+use crate::upstream::{self, ReaderMsg};
+
+const SSE_HEADERS: [(&str, &[u8]); 3] = [
+    ("Content-Type", b"text/event-stream"),
+    ("Cache-Control", b"no-cache"),
+    ("X-Accel-Buffering", b"no"),
+];
+
+/// An upstream SSE answer to relay to the client.
+pub struct StreamSource {
+    /// The upstream.
+    pub upstream: usize,
+    /// The replica the stream comes from (its connection returns to that replica's pool).
+    pub replica: usize,
+    /// The upstream session generation it belongs to.
+    pub generation: u64,
+    /// The connection, positioned at the start of the SSE body.
+    pub conn: h1::ClientConn,
+    /// The client's request id (raw JSON): the response with this id ends the stream.
+    pub client_id: Box<str>,
+    /// Set when the client cancels the request.
+    pub cancel: Arc<Cancel>,
+}
+
+/// One answer of a batch.
+pub enum BatchPart {
+    /// A complete JSON-RPC message.
+    Json(Bytes),
+    /// A stream to relay to its response.
+    Stream(StreamSource),
+}
+
+/// Byte range of a borrowed `&str` (a peeked raw id) inside `body`.
+pub fn id_span(body: &[u8], raw: &str) -> std::ops::Range<usize> {
+    let start = (raw.as_ptr() as usize).saturating_sub(body.as_ptr() as usize);
+    if start + raw.len() <= body.len() {
+        start..start + raw.len()
+    } else {
+        0..0
+    }
+}
+
+/// Rewrites one upstream SSE message for the client: server→client requests get a hub-minted id
+/// (recorded so the answer finds its way back); `list_changed` drops the catalog's copy of that
+/// upstream's list. Returns the data to send and whether it is the response to `final_id`.
+pub async fn relay_message(
+    w: &Worker,
+    session: &Session,
+    u: usize,
+    generation: u64,
+    data: &str,
+    final_id: Option<&str>,
+) -> (Bytes, bool) {
+    let Ok(p) = mcp_wire::peek(data.as_bytes()) else {
+        tracing::warn!(
+            upstream = u,
+            "upstream sent a non-JSON-RPC SSE message; relayed as is"
+        );
+        return (Bytes::copy_from_slice(data.as_bytes()), false);
+    };
+    match p.kind {
+        Kind::Request => {
+            let original = p.id.unwrap_or("null");
+            let (minted, evicted) = session.mint_pending(PendingRequest {
+                upstream: u,
+                original_id: original.into(),
+                generation,
+                created: Instant::now(),
+            });
+            if let Some(old) = evicted {
+                let why = format!(
+                    "the client left {} server requests unanswered; meshgate gave up on the oldest",
+                    crate::session::MAX_PENDING
+                );
+                crate::hub::housekeeping::answer_upstream_with_error(w, session, &old, &why).await;
+            }
+            let span = id_span(data.as_bytes(), original);
+            let mut out = Vec::with_capacity(data.len() + 8);
+            out.extend_from_slice(&data.as_bytes()[..span.start]);
+            out.extend_from_slice(minted.as_bytes());
+            out.extend_from_slice(&data.as_bytes()[span.end..]);
+            (Bytes::from(out), false)
+        }
+        Kind::Response => {
+            let is_final = final_id.is_some_and(|f| p.id == Some(f));
+            (Bytes::copy_from_slice(data.as_bytes()), is_final)
+        }
+        Kind::Notification => {
+            for k in ListKind::from_changed(p.method.as_deref().unwrap_or("")) {
+                w.hub.catalog.invalidate(u, *k);
+            }
+            (Bytes::copy_from_slice(data.as_bytes()), false)
+        }
+    }
+}
+
+/// Writes one event to the client (if still connected) and records it for replay.
+struct Emitter<'a> {
+    conn: &'a mut Conn,
+    stream: Arc<ReplayStream>,
+    client_ok: bool,
+    last_write: Instant,
+    buf: Vec<u8>,
+}
+
+impl<'a> Emitter<'a> {
+    /// Starts the client's SSE response and a replay buffer for it.
+    async fn start(w: &Worker, conn: &'a mut Conn, session: &Session, standalone: bool) -> Self {
+        let stream = session.open_stream(w.hub.snap.replay_events, standalone);
+        let started = conn.start_stream(200, &SSE_HEADERS).await.is_ok();
+        Emitter {
+            conn,
+            stream,
+            client_ok: started,
+            last_write: Instant::now(),
+            buf: Vec::with_capacity(1024),
+        }
+    }
+
+    async fn emit(&mut self, data: &[u8]) {
+        let (seq, id) = self.stream.next_id();
+        self.buf.clear();
+        h1::encode_sse_event(&mut self.buf, Some(&id), None, Some(data), None);
+        let frame = Bytes::copy_from_slice(&self.buf);
+        self.stream.push(seq, frame.clone());
+        self.write(&frame).await;
+    }
+
+    async fn prime(&mut self, version: &str) {
+        // 2025-11-25 clients get a priming event, so they have a Last-Event-ID from the start.
+        if version >= mcpv::V2025_11_25 {
+            let (_, id) = self.stream.next_id();
+            self.buf.clear();
+            h1::encode_sse_event(&mut self.buf, Some(&id), None, Some(b""), None);
+            let frame = Bytes::copy_from_slice(&self.buf);
+            self.write(&frame).await;
+        }
+    }
+
+    async fn write(&mut self, frame: &[u8]) {
+        if self.client_ok {
+            self.client_ok = self.conn.write_chunk(frame).await.is_ok();
+            self.last_write = Instant::now();
+        }
+    }
+
+    async fn keepalive_if_idle(&mut self, every: Duration) {
+        if self.client_ok && self.last_write.elapsed() >= every {
+            self.write(h1::SSE_KEEPALIVE).await;
+        }
+    }
+
+    /// Ends the stream; returns whether the client connection is still usable.
+    async fn finish(self) -> bool {
+        self.stream.finish();
+        self.client_ok && self.conn.finish_stream().await.is_ok()
+    }
+}
+
+/// Relays an upstream SSE answer to a POST (see the module doc).
+pub async fn post_stream(
+    w: &Rc<Worker>,
+    conn: &mut Conn,
+    session: &Arc<Session>,
+    src: StreamSource,
+) -> bool {
+    let _guard = metrics::StreamGuard::new(&w.hub.metrics.open_streams);
+    let mut em = Emitter::start(w, conn, session, false).await;
+    em.prime(session.version).await;
+    relay_to_response(w, &mut em, session, src).await;
+    em.finish().await
+}
+
+/// Answers a request the client cancelled before its upstream answered: an SSE response with
+/// nothing in it (a cancelled request gets no response).
+pub async fn empty_stream(conn: &mut Conn) -> bool {
+    conn.start_stream(200, &SSE_HEADERS).await.is_ok() && conn.finish_stream().await.is_ok()
+}
+
+/// A batch answered as SSE: the complete answers first, then each stream to its response.
+pub async fn batch_stream(
+    w: &Rc<Worker>,
+    conn: &mut Conn,
+    session: &Arc<Session>,
+    parts: Vec<BatchPart>,
+) -> bool {
+    let _guard = metrics::StreamGuard::new(&w.hub.metrics.open_streams);
+    let mut em = Emitter::start(w, conn, session, false).await;
+    let mut streams = Vec::new();
+    for p in parts {
+        match p {
+            BatchPart::Json(j) => em.emit(&j).await,
+            BatchPart::Stream(s) => streams.push(s),
+        }
+    }
+    for src in streams {
+        relay_to_response(w, &mut em, session, src).await;
+    }
+    em.finish().await
+}
+
+/// Pumps one upstream SSE answer into `em` until the response to `src.client_id`, a failure
+/// (then a JSON-RPC error for the request is emitted), or the client's cancel (then nothing).
+async fn relay_to_response(
+    w: &Rc<Worker>,
+    em: &mut Emitter<'_>,
+    session: &Arc<Session>,
+    src: StreamSource,
+) {
+    let StreamSource {
+        upstream: u,
+        replica,
+        generation,
+        conn: up_conn,
+        client_id,
+        cancel,
+    } = src;
+    let up = w.upstream(u);
+    let deadline = Instant::now() + up.request_timeout;
+    let keepalive = w.hub.snap.sse_keepalive;
+    let mut reader = Some(up_conn);
+    let mut done = false;
+    let mut failure = String::new();
+    'attempts: for _attempt in 0..4 {
+        let Some(c) = reader.take() else { break };
+        let (tx, mut rx) = mpsc::channel::<((), ReaderMsg)>(64);
+        upstream::spawn_reader(c, (), tx);
+        let mut last_up_id: Option<String> = None;
+        let mut retry_ms: u64 = 1000;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                failure = format!(
+                    "upstream '{}' did not answer within {:?}",
+                    up.name, up.request_timeout
+                );
+                break;
+            }
+            let msg = monoio::select! {
+                m = rx.recv() => m,
+                _ = cancel.cancelled() => {
+                    // Cancelled: the upstream was told; nothing more goes to the client.
+                    done = true;
+                    break 'attempts;
+                }
+                _ = monoio::time::sleep(keepalive.min(left)) => {
+                    em.keepalive_if_idle(keepalive).await;
+                    continue;
+                }
+            };
+            match msg {
+                Some(((), ReaderMsg::Event(ev))) => {
+                    if let Some(id) = ev.id.clone() {
+                        last_up_id = Some(id);
+                    }
+                    if let Some(r) = ev.retry {
+                        retry_ms = r;
+                    }
+                    if !ev.has_data || ev.data.is_empty() {
+                        continue;
+                    }
+                    let (data, is_final) =
+                        relay_message(w, session, u, generation, &ev.data, Some(&client_id)).await;
+                    em.emit(&data).await;
+                    if is_final {
+                        done = true;
+                        break;
+                    }
+                }
+                Some(((), ReaderMsg::End(c))) => {
+                    w.pool.put(up, replica, c);
+                    failure = format!("upstream '{}' ended the stream without answering", up.name);
+                    break;
+                }
+                Some(((), ReaderMsg::Failed(e))) => {
+                    failure = format!("upstream '{}' stream failed: {e}", up.name);
+                    break;
+                }
+                None => break,
+            }
+        }
+        if done || deadline <= Instant::now() {
+            break;
+        }
+        // The upstream closed the stream early; with an event id it may be resumed (SSE polling).
+        let Some(last) = last_up_id else { break };
+        let us = session.state.lock().upstreams[u].clone();
+        // Resume only within the same upstream session (a moved session has a new stream).
+        let Some(us) = us.filter(|us| us.generation == generation) else {
+            break;
+        };
+        monoio::time::sleep(Duration::from_millis(retry_ms.min(5000))).await;
+        match upstream::get_stream(&w.pool, up, &us, Some(&last)).await {
+            Ok(Some(c)) => reader = Some(c),
+            Ok(None) => break,
+            Err(e) => {
+                failure = format!("upstream '{}' stream could not be resumed: {e}", up.name);
+                break;
+            }
+        }
+    }
+    if !done {
+        if failure.is_empty() {
+            failure = format!("upstream '{}' ended the stream without answering", up.name);
+        }
+        tracing::warn!(session = %session.id, "{failure}");
+        let err = error_object(
+            Some(&client_id),
+            mcp_wire::jsonrpc::code::INTERNAL_ERROR,
+            &failure,
+            None,
+        );
+        em.emit(&err).await;
+    }
+    session.state.lock().inflight.remove(&*client_id);
+}
+
+// === GET ===
+
+/// A GET on a session: with a `Last-Event-ID` of one of its streams, that stream resumed;
+/// otherwise (or for the GET stream's own ids) the standalone stream.
+pub async fn get_stream(
+    w: &Rc<Worker>,
+    conn: &mut Conn,
+    req: &Request,
+    session: &Arc<Session>,
+) -> bool {
+    if let Some((no, seq)) = req
+        .head
+        .headers
+        .get_str("last-event-id")
+        .and_then(parse_event_id)
+    {
+        let stream = session.state.lock().streams.get(&no).cloned();
+        match stream {
+            Some(stream) if !stream.standalone => {
+                return resume(w, conn, session, stream, seq).await;
+            }
+            Some(stream) => {
+                standalone_stream(w, conn, session, Some((stream, seq))).await;
+                return false;
+            }
+            None => {}
+        }
+    }
+    standalone_stream(w, conn, session, None).await;
+    false
+}
+
+/// What the standalone stream knows of one upstream's GET stream.
+#[derive(Default, Clone)]
+struct Attached {
+    /// The upstream-session generation whose GET stream is attached now.
+    live: Option<u64>,
+    /// The last event id seen on that upstream's GET stream, with its generation: a stream that
+    /// broke is resumed from there.
+    last_id: Option<(u64, String)>,
+    /// When a failed attach may be retried.
+    retry_at: Option<Instant>,
+}
+
+/// The standalone GET stream: merges the upstream sessions' GET streams, sends `list_changed`
+/// when upstream health changes, keep-alive comments when idle; ends when the client goes away
+/// or the session ends.
+pub async fn standalone_stream(
+    w: &Rc<Worker>,
+    conn: &mut Conn,
+    session: &Arc<Session>,
+    replay: Option<(Arc<ReplayStream>, u64)>,
+) {
+    let _guard = metrics::StreamGuard::new(&w.hub.metrics.open_streams);
+    // Only one standalone stream per session: a newer one (a reconnect) takes over.
+    let my_gen = {
+        let mut st = session.state.lock();
+        st.get_stream_gen += 1;
+        st.get_stream_gen
+    };
+    let mut em = Emitter::start(w, conn, session, true).await;
+    if let Some((old, seq)) = replay {
+        // What the client missed on its previous GET stream, then this stream goes on live.
+        for (_, frame) in old.after(seq) {
+            em.write(&frame).await;
+        }
+    }
+    em.prime(session.version).await;
+    let n = w.hub.snap.upstreams.len();
+    let keepalive = w.hub.snap.sse_keepalive;
+    let tick = keepalive.min(Duration::from_millis(250));
+    let (tx, mut rx) = mpsc::channel::<(usize, ReaderMsg)>(256);
+    let mut attached: Vec<Attached> = vec![Attached::default(); n];
+    let mut seen_mask = w.hub.up_mask();
+    while em.client_ok && !session.is_closed() && session.state.lock().get_stream_gen == my_gen {
+        session.touch();
+        for (u, a) in attached.iter_mut().enumerate() {
+            if a.retry_at.is_some_and(|t| Instant::now() < t) || !w.hub.is_up(u) {
+                continue;
+            }
+            // A client that opens its GET stream wants every upstream's own messages (logs,
+            // list_changed, resource updates), so the upstream sessions open now if they have not
+            // yet been opened by a request (and move if their replica went down).
+            let us = match super::affinity::upstream_session(w, session, u).await {
+                Ok(us) => us,
+                Err(e) => {
+                    tracing::debug!(error = %e, "upstream session for a GET stream not opened; retrying later");
+                    a.retry_at = Some(Instant::now() + Duration::from_secs(1));
+                    continue;
+                }
+            };
+            if a.live == Some(us.generation) {
+                continue;
+            }
+            // The same upstream session's stream broke: resume it where it was, so what the
+            // upstream sent meanwhile is not lost.
+            let resume_from = a
+                .last_id
+                .as_ref()
+                .filter(|(g, _)| *g == us.generation)
+                .map(|(_, id)| id.clone());
+            match upstream::get_stream(&w.pool, w.upstream(u), &us, resume_from.as_deref()).await {
+                Ok(Some(c)) => {
+                    upstream::spawn_reader(c, u, tx.clone());
+                    a.live = Some(us.generation);
+                    a.retry_at = None;
+                }
+                Ok(None) => a.live = Some(us.generation),
+                Err(e) => {
+                    tracing::debug!(upstream = %w.upstream(u).name, error = %e, "upstream GET stream not available; retrying later");
+                    a.retry_at = Some(Instant::now() + Duration::from_secs(1));
+                }
+            }
+        }
+        let msg = monoio::select! {
+            m = rx.recv() => m,
+            _ = monoio::time::sleep(tick) => None,
+        };
+        match msg {
+            Some((u, ReaderMsg::Event(ev))) => {
+                let generation = attached[u].live.unwrap_or(0);
+                if let Some(id) = &ev.id {
+                    attached[u].last_id = Some((generation, id.clone()));
+                }
+                if ev.has_data && !ev.data.is_empty() {
+                    let (data, _) = relay_message(w, session, u, generation, &ev.data, None).await;
+                    em.emit(&data).await;
+                }
+            }
+            Some((u, ReaderMsg::End(_))) | Some((u, ReaderMsg::Failed(_))) => {
+                attached[u].live = None;
+                attached[u].retry_at = Some(Instant::now() + Duration::from_millis(200));
+            }
+            None => {}
+        }
+        let mask = w.hub.up_mask();
+        if mask != seen_mask {
+            seen_mask = mask;
+            for note in [
+                method::TOOLS_LIST_CHANGED,
+                method::PROMPTS_LIST_CHANGED,
+                method::RESOURCES_LIST_CHANGED,
+            ] {
+                let mut data = br#"{"jsonrpc":"2.0","method":""#.to_vec();
+                data.extend_from_slice(note.as_bytes());
+                data.extend_from_slice(b"\"}");
+                em.emit(&data).await;
+            }
+        }
+        em.keepalive_if_idle(keepalive).await;
+    }
+    let _ = em.finish().await;
+}
+
+/// Replays a stream after `seq` (GET with `Last-Event-ID`) and follows it live until it ends.
+pub async fn resume(
+    w: &Rc<Worker>,
+    conn: &mut Conn,
+    session: &Arc<Session>,
+    stream: Arc<ReplayStream>,
+    mut seq: u64,
+) -> bool {
+    let _guard = metrics::StreamGuard::new(&w.hub.metrics.open_streams);
+    if conn.start_stream(200, &SSE_HEADERS).await.is_err() {
+        return false;
+    }
+    let keepalive = w.hub.snap.sse_keepalive;
+    let deadline = Instant::now() + w.hub.snap.session_ttl;
+    let mut last_write = Instant::now();
+    while Instant::now() < deadline && !session.is_closed() {
+        let notified = stream.notify.notified();
+        let mut notified = std::pin::pin!(notified);
+        notified.as_mut().enable();
+        for (s, frame) in stream.after(seq) {
+            if conn.write_chunk(&frame).await.is_err() {
+                return false;
+            }
+            seq = s;
+            last_write = Instant::now();
+        }
+        if stream.is_done() && stream.after(seq).is_empty() {
+            break;
+        }
+        monoio::select! {
+            _ = notified => {}
+            _ = monoio::time::sleep(keepalive) => {}
+        }
+        if last_write.elapsed() >= keepalive {
+            if conn.write_chunk(h1::SSE_KEEPALIVE).await.is_err() {
+                return false;
+            }
+            last_write = Instant::now();
+        }
+    }
+    conn.finish_stream().await.is_ok()
+}
