@@ -198,3 +198,112 @@ pub async fn take_over(hub: &Arc<Hub>, id: &str, principal: &str) -> Option<Arc<
     }
     Some(kept)
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::store::memory::MemoryStore;
+    use crate::store::{SessionStore, StoreGet, StoreStatus};
+    use std::sync::atomic::{AtomicU64, Ordering};
+
+    /// The memory store, counting reads.
+    struct Counting {
+        inner: MemoryStore,
+        gets: AtomicU64,
+    }
+
+    impl SessionStore for Counting {
+        fn put(&self, id: &str, principal: &str, record: &SessionRecord) {
+            self.inner.put(id, principal, record);
+        }
+        fn delete(&self, id: &str, principal: &str) {
+            self.inner.delete(id, principal);
+        }
+        fn get(&self, id: &str, principal: &str) -> StoreGet {
+            self.gets.fetch_add(1, Ordering::Relaxed);
+            self.inner.get(id, principal)
+        }
+        fn status(&self) -> StoreStatus {
+            self.inner.status()
+        }
+    }
+
+    fn hub_with_store() -> (Arc<Hub>, Arc<Counting>) {
+        let cfg = crate::config::HubConfig::from_yaml(
+            "listen: 127.0.0.1:0\nupstreams:\n  - name: a\n    url: http://127.0.0.1:9/mcp\n",
+        )
+        .unwrap();
+        let snap = crate::config::Snapshot::from_config(&cfg).unwrap();
+        let store = Arc::new(Counting {
+            inner: MemoryStore::new(std::time::Duration::from_secs(60)),
+            gets: AtomicU64::new(0),
+        });
+        let hub = Hub::with_cluster(Arc::new(snap), Some(store.clone()), None);
+        (hub, store)
+    }
+
+    fn record() -> SessionRecord {
+        SessionRecord {
+            principal: String::new(),
+            version: "2025-11-25".into(),
+            client_info: "{}".into(),
+            client_capabilities: "{}".into(),
+            upstreams: vec![UpstreamRecord {
+                upstream: "a".into(),
+                replica: "http://127.0.0.1:9/mcp".into(),
+                session_id: Some("up-1".into()),
+                version: "2025-11-25".into(),
+                capabilities: "{}".into(),
+            }],
+            subscriptions: vec![],
+            log_level: None,
+            created_unix_ms: 0,
+        }
+    }
+
+    fn block_on<F: std::future::Future>(f: F) -> F::Output {
+        monoio::RuntimeBuilder::<monoio::LegacyDriver>::new()
+            .enable_timer()
+            .build()
+            .unwrap()
+            .block_on(f)
+    }
+
+    #[test]
+    fn two_takeovers_of_one_session_count_its_replica_load_once() {
+        let (hub, store) = hub_with_store();
+        store.put("s1", "", &record());
+        let (a, b) =
+            block_on(async { monoio::join!(take_over(&hub, "s1", ""), take_over(&hub, "s1", "")) });
+        let (a, b) = (a.unwrap(), b.unwrap());
+        assert!(
+            Arc::ptr_eq(&a, &b),
+            "both requests continue the same session"
+        );
+        assert_eq!(hub.replica_load(0, 0), 1, "the loser's load was given back");
+    }
+
+    #[test]
+    fn unknown_session_ids_cost_one_store_read_per_ttl() {
+        let (hub, store) = hub_with_store();
+        block_on(async {
+            for _ in 0..50 {
+                assert!(take_over(&hub, "nope", "").await.is_none());
+            }
+        });
+        assert_eq!(store.gets.load(Ordering::Relaxed), 1);
+        // Another principal's miss is its own.
+        block_on(async { assert!(take_over(&hub, "nope", "someone").await.is_none()) });
+        assert_eq!(store.gets.load(Ordering::Relaxed), 2);
+    }
+
+    #[test]
+    fn the_negative_cache_is_bounded() {
+        let c = NegativeCache::default();
+        for i in 0..NegativeCache::MAX * 3 {
+            c.insert(&format!("id{i}"));
+        }
+        assert!(c.len() <= NegativeCache::MAX);
+        assert!(c.contains(&format!("id{}", NegativeCache::MAX * 3 - 1)));
+    }
+}

@@ -267,6 +267,8 @@ pub struct MockStats {
     pub requests: AtomicU64,
     /// `tools/call` requests answered successfully.
     pub calls: AtomicU64,
+    /// `tools/list` requests answered (each page counts).
+    pub lists: AtomicU64,
     /// Sessions created by `initialize`.
     pub sessions_created: AtomicU64,
     /// Sessions ended by DELETE.
@@ -1034,6 +1036,7 @@ async fn handle(
 }
 
 fn page<'s>(state: &'s State, cursor: Option<&str>, modern: bool) -> Option<&'s [u8]> {
+    state.stats.lists.fetch_add(1, Ordering::Relaxed);
     let pages = if modern {
         &state.pre.list_modern
     } else {

@@ -329,6 +329,14 @@ impl UpstreamConfig {
 }
 
 impl HubConfig {
+    /// Parses a config file's text (unknown fields are errors naming the field).
+    ///
+    /// # Errors
+    /// The parser's message, with the field path and position.
+    pub fn from_yaml(text: &str) -> Result<Self, String> {
+        serde_yaml::from_str(text).map_err(|e| e.to_string())
+    }
+
     /// A config with every default and no upstreams (the quick-start flags fill it in).
     pub fn empty() -> Self {
         // An empty YAML mapping takes every default.

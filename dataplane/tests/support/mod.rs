@@ -39,12 +39,26 @@ pub fn scratch(tag: &str) -> PathBuf {
 
 /// Starts the hub with `yaml` (a complete config; `listen` should be 127.0.0.1:0).
 pub fn start_hub(yaml: &str, driver: &str) -> Hub {
+    start_hub_in(None, yaml, driver)
+}
+
+/// As [`start_hub`], inside network namespace `netns` when given (`ip netns exec`, which also
+/// puts `/etc/netns/<netns>/*` over `/etc/*` for the hub, e.g. its own `hosts` file).
+pub fn start_hub_in(netns: Option<&str>, yaml: &str, driver: &str) -> Hub {
     let dir = scratch("hub");
     let cfg = dir.join("hub.yaml");
     std::fs::write(&cfg, yaml).expect("write config");
     let stderr_path = dir.join("stderr.log");
     let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_meshgate"))
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_meshgate")]);
+            c
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_meshgate")),
+    };
+    let mut child = cmd
         .arg("--config")
         .arg(&cfg)
         .env("MESHGATE_DRIVER", driver)
