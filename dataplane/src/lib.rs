@@ -40,6 +40,7 @@ pub mod catalog;
 pub mod cluster;
 pub mod config;
 pub mod demo;
+#[cfg(feature = "edge")]
 pub mod edge;
 pub mod error;
 pub mod federation;
@@ -79,6 +80,7 @@ pub fn start(snap: config::Snapshot) -> std::io::Result<Running> {
     let addr = worker::probe_bind(snap.listen)?;
     let mut snap = snap;
     snap.listen = addr;
+    #[cfg(feature = "edge")]
     let bridge = match &snap.edge {
         Some(_) => {
             let b = edge::Bridge::bind()?;
@@ -87,6 +89,12 @@ pub fn start(snap: config::Snapshot) -> std::io::Result<Running> {
         }
         None => None,
     };
+    #[cfg(not(feature = "edge"))]
+    if snap.edge.is_some() {
+        return Err(std::io::Error::other(
+            "edge: this meshgate was built without the `edge` feature; rebuild with it to accept edge tunnels",
+        ));
+    }
     // The shared store (Redis) and the replica ring, when this hub is one of several.
     let store = match &snap.store {
         Some(cfg) => Some(
@@ -103,10 +111,13 @@ pub fn start(snap: config::Snapshot) -> std::io::Result<Running> {
         hub.metrics.set_store_up(st.status().up);
     }
     *hub.bound.lock() = Some(addr);
+    #[cfg(feature = "edge")]
     let edge_addr = match (bridge, &hub.snap.edge) {
         (Some(b), Some(settings)) => Some(edge::start(hub.clone(), settings, b)?),
         _ => None,
     };
+    #[cfg(not(feature = "edge"))]
+    let edge_addr = None;
     hub::spawn_housekeeping(hub.clone())?;
     let workers = worker::start(hub.clone(), addr)?;
     Ok(Running {
