@@ -325,11 +325,10 @@ pub fn decode_header_value<'v>(
 /// ASCII with inner spaces only and does not look like the sentinel; otherwise
 /// `=?base64?<base64 of UTF-8>?=`.
 pub fn encode_header_value(value: &str) -> Cow<'_, str> {
-    let plain = !value.is_empty()
-        && value.bytes().all(|b| (0x20..=0x7e).contains(&b))
-        && !value.starts_with(' ')
-        && !value.ends_with(' ')
-        && !(value.starts_with(SENTINEL_OPEN) && value.ends_with(SENTINEL_CLOSE));
+    let looks_like_sentinel = value.starts_with(SENTINEL_OPEN) && value.ends_with(SENTINEL_CLOSE);
+    let safe_bytes = value.bytes().all(|b| (0x20..=0x7e).contains(&b));
+    let edge_space = value.starts_with(' ') || value.ends_with(' ');
+    let plain = !value.is_empty() && safe_bytes && !edge_space && !looks_like_sentinel;
     if plain {
         Cow::Borrowed(value)
     } else {
@@ -1118,7 +1117,14 @@ mod tests {
     #[test]
     fn era_table() {
         use EraVerdict::*;
-        let cases: &[(Option<&str>, bool, Option<&str>, Option<&str>, EraVerdict)] = &[
+        type Case = (
+            Option<&'static str>,
+            bool,
+            Option<&'static str>,
+            Option<&'static str>,
+            EraVerdict,
+        );
+        let cases: &[Case] = &[
             (Some("initialize"), false, None, None, Legacy),
             (Some("initialize"), false, Some("2026-07-28"), None, Legacy),
             (Some("tools/list"), true, None, Some("2025-11-25"), Legacy),
