@@ -84,7 +84,9 @@ fn bench(c: &mut Criterion) {
     let mut g = c.benchmark_group("modern_route_tools_call");
     g.throughput(Throughput::Bytes(b.len() as u64));
     g.bench_function("header_only", |bn| bn.iter(|| header_only(black_box(&h))));
-    g.bench_function("full_peek", |bn| bn.iter(|| full_peek(black_box(&h), black_box(&b))));
+    g.bench_function("full_peek", |bn| {
+        bn.iter(|| full_peek(black_box(&h), black_box(&b)))
+    });
     g.finish();
 }
 
