@@ -1,0 +1,2 @@
+//! Test-only OAuth issuer (filled in below).
+fn main() {}
