@@ -433,10 +433,12 @@ mod tests {
     fn expiry_is_deny_and_observed() {
         let reg = ApprovalRegistry::new(None);
         let (_id, rx) = reg.hold(req(0));
+        // Either this call or the timer thread (racing it) expires the request, exactly once.
         let out = reg.expire_due(now_ms() + 1);
-        assert_eq!(out.len(), 1);
-        assert_eq!(out[0].decision.outcome, ApprovalOutcome::Expired);
+        assert!(out.len() <= 1);
+        assert!(out.iter().all(|d| d.decision.outcome == ApprovalOutcome::Expired));
         assert_eq!(block_on(rx).unwrap().outcome, ApprovalOutcome::Expired);
+        assert!(reg.pending().is_empty());
         assert_eq!(
             reg.decide(ApprovalDecision {
                 id: "x".into(),

@@ -539,13 +539,13 @@ impl Writer {
                 rx.recv_timeout(Duration::from_secs(1))
             };
             match first {
-                Ok(m) => self.take(m, &mut flushes, cap),
+                Ok(m) => self.take(m, &mut flushes, cap, &shared),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => open = false,
             }
             while self.pending.len() < 4096 {
                 match rx.try_recv() {
-                    Ok(m) => self.take(m, &mut flushes, cap),
+                    Ok(m) => self.take(m, &mut flushes, cap, &shared),
                     Err(mpsc::TryRecvError::Empty) => break,
                     Err(mpsc::TryRecvError::Disconnected) => {
                         open = false;
@@ -584,11 +584,14 @@ impl Writer {
         }
     }
 
-    fn take(&mut self, m: Msg, flushes: &mut Vec<mpsc::Sender<bool>>, cap: usize) {
+    fn take(&mut self, m: Msg, flushes: &mut Vec<mpsc::Sender<bool>>, cap: usize, shared: &Shared) {
         match m {
             Msg::Record(r) => {
-                if self.pending.len() >= cap {
+                // Pending grows past the queue only while writes fail; then the oldest stay.
+                if self.pending.len() >= cap + 16 {
                     self.lost += 1;
+                    self.seen_dropped += 1;
+                    shared.dropped.fetch_add(1, Ordering::Relaxed);
                 } else {
                     self.pending.push(*r);
                 }
