@@ -22,7 +22,9 @@
 pub mod approval;
 pub mod audit;
 pub mod config;
+pub mod identity;
 pub mod keys;
+pub mod net;
 pub mod policy;
 pub mod principal;
 pub mod redact;
