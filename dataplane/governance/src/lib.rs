@@ -28,6 +28,7 @@ pub mod net;
 pub mod policy;
 pub mod principal;
 pub mod redact;
+pub mod schema;
 
 pub use config::{parse_duration, ConfigError};
 pub use principal::{Principal, PrincipalKind};
