@@ -20,8 +20,10 @@
 //! parsed by [`config::parse_duration`].
 
 pub mod approval;
+pub mod assertion;
 pub mod audit;
 pub mod config;
+pub mod credentials;
 pub mod identity;
 pub mod keys;
 pub mod net;
