@@ -108,7 +108,8 @@ impl ServiceTime {
     }
 }
 
-/// Parses `0`, `2ms`, `uniform:1ms..5ms`, `exp:2ms`.
+/// Parses `0`, `2ms`, `uniform:1ms..5ms`, `exp:2ms` (durations in the workspace grammar of
+/// `meshgate-duration`).
 impl FromStr for ServiceTime {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
@@ -137,34 +138,9 @@ impl FromStr for ServiceTime {
     }
 }
 
-/// Parses a human duration: `0`, `250us`, `2ms`, `1.5s`, `2m`.
-///
-/// # Errors
-/// A message naming the bad input.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    if s == "0" {
-        return Ok(Duration::ZERO);
-    }
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .ok_or_else(|| format!("duration {s:?} needs a unit (us, ms, s, m)"))?;
-    let (num, unit) = s.split_at(split);
-    let v: f64 = num
-        .parse()
-        .map_err(|_| format!("bad number in duration {s:?}"))?;
-    let secs = match unit {
-        "ns" => v / 1e9,
-        "us" | "µs" => v / 1e6,
-        "ms" => v / 1e3,
-        "s" => v,
-        "m" => v * 60.0,
-        _ => return Err(format!("unknown unit {unit:?} in duration {s:?}")),
-    };
-    if !secs.is_finite() || secs < 0.0 {
-        return Err(format!("bad duration {s:?}"));
-    }
-    Ok(Duration::from_secs_f64(secs))
+/// A duration in the workspace grammar, with the error as text (the `FromStr` error type).
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    meshgate_duration::parse(s).map_err(|e| e.to_string())
 }
 
 fn splitmix(x: &mut u64) -> u64 {
