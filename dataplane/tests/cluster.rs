@@ -360,6 +360,17 @@ fn sessions_survive_the_loss_of_an_upstream_replica_and_of_a_hub_replica() {
         String::from_utf8_lossy(&sdk_out.stderr),
         hub_logs(&cluster)
     );
+    // Every check of cluster-client.mjs ran and passed, none missing.
+    assert_checks(
+        &sdk_text,
+        &[
+            "session id unchanged throughout",
+            "no call answered 404 (session never lost)",
+            "calls succeeded during the failovers",
+            "final call after the run succeeded",
+        ],
+        &[],
+    );
     // The store holds no raw session id.
     let keys_listed = redis.cli(&["--scan"]);
     for sid in &sids {
