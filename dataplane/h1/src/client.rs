@@ -334,7 +334,7 @@ pub fn parse_response_head(
 ) -> Result<Option<ResponseHead>, ClientError> {
     let mut slots = [httparse::EMPTY_HEADER; MAX_RESPONSE_HEADERS];
     let mut resp = httparse::Response::new(&mut slots);
-    let len = match resp.parse(&buf) {
+    let len = match resp.parse(buf) {
         Ok(httparse::Status::Complete(n)) => n,
         Ok(httparse::Status::Partial) if buf.len() > MAX_RESPONSE_HEAD_BYTES => {
             return Err(ClientError::HeadTooLarge)

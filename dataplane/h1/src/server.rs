@@ -846,7 +846,8 @@ GET /mcp HTTP/1.0\r\n\r\n";
             max_body_bytes: 4,
             ..Limits::default()
         };
-        let table: &[(&[u8], fn(&ServerError) -> bool)] = &[
+        type Want = fn(&ServerError) -> bool;
+        let table: &[(&[u8], Want)] = &[
             (b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello", |e| {
                 matches!(e, ServerError::BodyTooLarge)
             }),
