@@ -110,6 +110,12 @@ pub struct UpstreamSession {
 }
 
 impl UpstreamSession {
+    /// Whether this is a 2026-07-28 (stateless) upstream: no session id; every request carries
+    /// its `_meta` envelope and mirrored headers.
+    pub fn is_modern(&self) -> bool {
+        mcp_wire::modern::is_modern_version(&self.version)
+    }
+
     /// Whether the upstream declared a top-level capability, e.g. `logging`.
     pub fn has_capability(&self, name: &str) -> bool {
         self.capabilities.get(name).is_some()
@@ -210,6 +216,10 @@ pub struct Session {
     pub client_capabilities: Box<serde_json::value::RawValue>,
     /// The client's `clientInfo` object, as sent.
     pub client_info: Box<serde_json::value::RawValue>,
+    /// A hub-held session that carries 2026-07-28 (stateless) clients' requests to the
+    /// upstreams (one per principal and declared capabilities): it prefers modern upstream
+    /// sessions, and is never named to a client.
+    pub modern: bool,
     /// Sessions whose clients declared the same capabilities see the same upstream lists
     /// ([`crate::catalog`]).
     pub caps_class: u64,
@@ -262,6 +272,7 @@ impl Session {
         Arc::new(Session {
             id,
             principal: Arc::from(principal),
+            modern: false,
             created_unix_ms: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
