@@ -1431,6 +1431,10 @@ async fn standalone_stream(
     // failed attach may be retried.
     let mut attached: Vec<Option<u64>> = vec![None; n];
     let mut retry_at: Vec<Instant> = vec![Instant::now(); n];
+    // EDGE-RESUME: per upstream, the last event id seen on its GET stream and the upstream-session
+    // generation it belongs to; a re-attach to the same generation resumes with `Last-Event-ID`
+    // (the edge agent replays what it sent while the stream was detached).
+    let mut last_id: Vec<Option<(u64, String)>> = vec![None; n];
     let mut seen_mask = w.hub.up_mask();
     while em.client_ok && !session.is_closed() && session.state.lock().get_stream_gen == my_gen {
         session.touch();
@@ -1452,7 +1456,18 @@ async fn standalone_stream(
             if attached[u] == Some(us.generation) {
                 continue;
             }
-            match upstream::get_stream(&w.pool, w.upstream(u), &us, None).await {
+            // EDGE-RESUME: a stream taken over by a newer GET must not attach upstream streams any
+            // more: an attach it started late could reach the edge after the newer stream's and
+            // take the edge session's one GET stream from it.
+            if session.state.lock().get_stream_gen != my_gen {
+                break;
+            }
+            // EDGE-RESUME: same upstream session as before: resume from the last event id seen.
+            let resume = last_id[u]
+                .as_ref()
+                .filter(|(g, _)| *g == us.generation)
+                .map(|(_, id)| id.clone());
+            match upstream::get_stream(&w.pool, w.upstream(u), &us, resume.as_deref()).await {
                 Ok(Some(c)) => {
                     upstream::spawn_reader(c, u, tx.clone());
                     attached[u] = Some(us.generation);
@@ -1461,6 +1476,11 @@ async fn standalone_stream(
                 Err(e) => {
                     tracing::debug!(upstream = %w.upstream(u).name, error = %e, "upstream GET stream not available; retrying later");
                     retry_at[u] = Instant::now() + Duration::from_secs(1);
+                    // EDGE-RESUME: an upstream that refuses the resume is next asked for a fresh
+                    // stream.
+                    if resume.is_some() {
+                        last_id[u] = None;
+                    }
                 }
             }
         }
@@ -1468,6 +1488,12 @@ async fn standalone_stream(
             m = rx.recv() => m,
             _ = monoio::time::sleep(tick) => None,
         };
+        // EDGE-RESUME: remember the last upstream event id (priming events included).
+        if let Some((u, ReaderMsg::Event(ev))) = &msg {
+            if let (Some(id), Some(g)) = (&ev.id, attached[*u]) {
+                last_id[*u] = Some((g, id.clone()));
+            }
+        }
         match msg {
             Some((u, ReaderMsg::Event(ev))) if ev.has_data && !ev.data.is_empty() => {
                 let generation = attached[u].unwrap_or(0);
