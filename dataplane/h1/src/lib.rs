@@ -25,6 +25,9 @@
 //! bytes. A connection whose operation was cancelled or failed is never reused
 //! ([`ClientConn::is_reusable`]); a server connection is dropped after any error.
 
+// The crate doc above links the runtime types, which a build without `runtime` does not have.
+#![cfg_attr(not(feature = "runtime"), allow(rustdoc::broken_intra_doc_links))]
+
 #[cfg(feature = "runtime")]
 mod chunked;
 #[cfg(feature = "runtime")]
