@@ -201,6 +201,11 @@ pub struct SessionState {
     /// Bumped by each standalone GET stream; an older stream ends when it sees a newer one
     /// (a reconnecting client takes over instead of getting a conflict).
     pub get_stream_gen: u64,
+    /// Per upstream: the last event id seen on its GET stream and the upstream-session
+    /// generation it belongs to. A GET stream that re-attaches (after a break, or a newer client
+    /// GET taking over) resumes from there with `Last-Event-ID`, so nothing the upstream sent
+    /// in between is lost.
+    pub upstream_get_ids: Vec<Option<(u64, String)>>,
 }
 
 /// A client session.
@@ -267,6 +272,7 @@ impl Session {
         let state = SessionState {
             upstreams: vec![None; upstreams],
             opening: vec![false; upstreams],
+            upstream_get_ids: vec![None; upstreams],
             ..SessionState::default()
         };
         Arc::new(Session {

@@ -379,14 +379,12 @@ pub async fn get_stream(
     false
 }
 
-/// What the standalone stream knows of one upstream's GET stream.
+/// What the standalone stream knows of one upstream's GET stream (the last event id seen on it
+/// is kept in the session, `upstream_get_ids`, so a newer GET stream resumes it too).
 #[derive(Default, Clone)]
 struct Attached {
     /// The upstream-session generation whose GET stream is attached now.
     live: Option<u64>,
-    /// The last event id seen on that upstream's GET stream, with its generation: a stream that
-    /// broke is resumed from there.
-    last_id: Option<(u64, String)>,
     /// When a failed attach may be retried.
     retry_at: Option<Instant>,
 }
@@ -438,13 +436,18 @@ pub async fn standalone_stream(
                     continue;
                 }
             };
-            if a.live == Some(us.generation) {
+            if a.live == Some(us.generation) || us.is_modern() {
+                // Attached already; or a 2026-07-28 upstream, which has no GET stream.
                 continue;
             }
-            // The same upstream session's stream broke: resume it where it was, so what the
-            // upstream sent meanwhile is not lost.
-            let resume_from = a
-                .last_id
+            // Taken over by a newer GET: attach nothing more (a late attach could reach the
+            // upstream after the newer stream's and take its place there, e.g. at an edge).
+            if session.state.lock().get_stream_gen != my_gen {
+                break;
+            }
+            // The same upstream session's stream broke, or this stream took over from an older
+            // one: resume where it was, so what the upstream sent meanwhile is not lost.
+            let resume_from = session.state.lock().upstream_get_ids[u]
                 .as_ref()
                 .filter(|(g, _)| *g == us.generation)
                 .map(|(_, id)| id.clone());
@@ -458,6 +461,10 @@ pub async fn standalone_stream(
                 Err(e) => {
                     tracing::debug!(upstream = %w.upstream(u).name, error = %e, "upstream GET stream not available; retrying later");
                     a.retry_at = Some(Instant::now() + Duration::from_secs(1));
+                    if resume_from.is_some() {
+                        // Refused to resume: ask for a fresh stream next time.
+                        session.state.lock().upstream_get_ids[u] = None;
+                    }
                 }
             }
         }
@@ -469,7 +476,7 @@ pub async fn standalone_stream(
             Some((u, ReaderMsg::Event(ev))) => {
                 let generation = attached[u].live.unwrap_or(0);
                 if let Some(id) = &ev.id {
-                    attached[u].last_id = Some((generation, id.clone()));
+                    session.state.lock().upstream_get_ids[u] = Some((generation, id.clone()));
                 }
                 if ev.has_data && !ev.data.is_empty() {
                     let (data, _) = relay_message(w, session, u, generation, &ev.data, None).await;
