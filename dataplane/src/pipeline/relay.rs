@@ -485,7 +485,8 @@ pub async fn standalone_stream(
             }
             Some((u, ReaderMsg::End(_))) | Some((u, ReaderMsg::Failed(_))) => {
                 attached[u].live = None;
-                attached[u].retry_at = Some(Instant::now() + Duration::from_millis(200));
+                // Re-attached a second later, resuming from the last event id (nothing is lost).
+                attached[u].retry_at = Some(Instant::now() + Duration::from_secs(1));
             }
             None => {}
         }
