@@ -269,6 +269,47 @@ impl Session {
         client_info: Box<serde_json::value::RawValue>,
         upstreams: usize,
     ) -> Arc<Self> {
+        Self::build(
+            id,
+            principal,
+            version,
+            client_capabilities,
+            client_info,
+            upstreams,
+            false,
+        )
+    }
+
+    /// The hub-held session that carries a 2026-07-28 client's requests (see
+    /// [`Session::modern`]): legacy upstreams get the hub's own sessions under it (at the newest
+    /// legacy revision), modern upstreams are reached statelessly.
+    pub fn stateless(
+        id: Arc<str>,
+        principal: &str,
+        client_capabilities: Box<serde_json::value::RawValue>,
+        client_info: Box<serde_json::value::RawValue>,
+        upstreams: usize,
+    ) -> Arc<Self> {
+        Self::build(
+            id,
+            principal,
+            mcp_wire::mcp::V2025_11_25,
+            client_capabilities,
+            client_info,
+            upstreams,
+            true,
+        )
+    }
+
+    fn build(
+        id: Arc<str>,
+        principal: &str,
+        version: &'static str,
+        client_capabilities: Box<serde_json::value::RawValue>,
+        client_info: Box<serde_json::value::RawValue>,
+        upstreams: usize,
+        modern: bool,
+    ) -> Arc<Self> {
         let state = SessionState {
             upstreams: vec![None; upstreams],
             opening: vec![false; upstreams],
@@ -278,7 +319,7 @@ impl Session {
         Arc::new(Session {
             id,
             principal: Arc::from(principal),
-            modern: false,
+            modern,
             created_unix_ms: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),

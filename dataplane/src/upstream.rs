@@ -381,7 +381,12 @@ pub async fn post(
         }
         let body = conn.read_to_end(MAX_UPSTREAM_BODY).await?;
         pool.put(up, r, conn);
-        if head.status == 200 && content_type_is(&head, "application/json") {
+        // A 2026-07-28 upstream answers some errors with a 4xx and a JSON-RPC error body
+        // (-32020..-32022, -32602 for a bad envelope, 404 + -32601): that is an answer, relayed.
+        let modern_error = us.is_some_and(UpstreamSession::is_modern)
+            && (400..500).contains(&head.status)
+            && content_type_is(&head, "application/json");
+        if (head.status == 200 || modern_error) && content_type_is(&head, "application/json") {
             return Ok(Reply::Json {
                 status: head.status,
                 session_id,

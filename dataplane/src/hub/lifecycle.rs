@@ -110,6 +110,15 @@ fn refuses_legacy(e: &UpstreamError) -> bool {
     }
 }
 
+/// The `_meta` envelope a 2026-07-28 upstream needs on every request, for a client that
+/// declared `capabilities`/`info` (raw JSON objects).
+pub fn envelope(capabilities: &str, client_info: &str) -> String {
+    format!(
+        "{{\"io.modelcontextprotocol/protocolVersion\":\"{}\",\"io.modelcontextprotocol/clientCapabilities\":{capabilities},\"io.modelcontextprotocol/clientInfo\":{client_info}}}",
+        mcp_wire::mcp::V2026_07_28
+    )
+}
+
 /// The modern-era "handshake": `server/discover` with the client's envelope. A result naming
 /// 2026-07-28 among `supportedVersions` makes this a modern upstream session (no id).
 async fn discover(
@@ -129,7 +138,8 @@ async fn discover(
         replica: r,
     };
     let body = format!(
-        "{{\"jsonrpc\":\"2.0\",\"id\":\"mg-discover\",\"method\":\"server/discover\",\"params\":{{\"_meta\":{{\"io.modelcontextprotocol/protocolVersion\":\"{V2026_07_28}\",\"io.modelcontextprotocol/clientCapabilities\":{capabilities},\"io.modelcontextprotocol/clientInfo\":{client_info}}}}}}}"
+        "{{\"jsonrpc\":\"2.0\",\"id\":\"mg-discover\",\"method\":\"server/discover\",\"params\":{{\"_meta\":{}}}}}",
+        envelope(capabilities, client_info)
     );
     let outcome = upstream::request(pool, up, r, Some(&probe), body.as_bytes()).await;
     let resp = match outcome {
@@ -155,7 +165,10 @@ async fn discover(
         capabilities: Option<&'a RawValue>,
     }
     let parsed: Discover<'_> = serde_json::from_slice(&resp).unwrap_or(Discover { result: None });
-    let Some(res) = parsed.result.filter(|r| r.supported.iter().any(|v| v == V2026_07_28)) else {
+    let Some(res) = parsed
+        .result
+        .filter(|r| r.supported.iter().any(|v| v == V2026_07_28))
+    else {
         up.era.set_modern(false);
         return Err(UpstreamError::Protocol(
             "server/discover did not offer 2026-07-28".into(),
