@@ -194,6 +194,9 @@ pub struct SessionState {
     pub subscriptions: Vec<(usize, String)>,
     /// Server→client requests by hub-minted id (raw JSON).
     pub pending: HashMap<Box<str>, PendingRequest>,
+    /// Requests the hub itself sent the client (a 2026-07-28 upstream's `inputRequests` turned
+    /// into server→client requests), by hub-minted id: the client's answer goes to the waiter.
+    pub input_waiters: HashMap<Box<str>, tokio::sync::oneshot::Sender<Bytes>>,
     /// Client requests in flight: client id (raw JSON) → upstream and cancel flag.
     pub inflight: HashMap<Box<str>, Inflight>,
     /// Replay buffers of this session's SSE streams, by stream number.
@@ -206,6 +209,11 @@ pub struct SessionState {
     /// GET taking over) resumes from there with `Last-Event-ID`, so nothing the upstream sent
     /// in between is lost.
     pub upstream_get_ids: Vec<Option<(u64, String)>>,
+    /// Bumped when a subscription to a 2026-07-28 upstream changes (its listen stream, which
+    /// the GET stream holds, must be reopened with the new set).
+    pub listen_want: u64,
+    /// The `listen_want` the GET stream's listen streams are acknowledged at.
+    pub listen_have: u64,
 }
 
 /// A client session.
@@ -415,6 +423,23 @@ impl Session {
         };
         st.pending.insert(id.clone(), p);
         (id, evicted)
+    }
+
+    /// Mints an id for a request the hub sends the client itself; the client's answer (the
+    /// whole JSON-RPC response) arrives on the receiver.
+    pub fn mint_waiter(&self) -> (Box<str>, tokio::sync::oneshot::Receiver<Bytes>) {
+        let n = self.next_pending.fetch_add(1, Ordering::Relaxed);
+        let id: Box<str> = format!("\"mg-{n}\"").into();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut st = self.state.lock();
+        if st.input_waiters.len() >= MAX_PENDING {
+            // Bounded like pending requests: the oldest waiter is given up (its round fails).
+            if let Some(k) = st.input_waiters.keys().next().cloned() {
+                st.input_waiters.remove(&k);
+            }
+        }
+        st.input_waiters.insert(id.clone(), tx);
+        (id, rx)
     }
 
     /// Removes and returns the server→client requests waiting `max_age` or longer.

@@ -142,27 +142,7 @@ impl ClientConn {
     /// Whether the peer has closed this (idle) connection or sent bytes nobody asked for, so it
     /// must not be reused. A non-blocking peek at the socket; call it only on idle connections.
     pub fn peer_closed(&self) -> bool {
-        let fd = std::os::fd::AsRawFd::as_raw_fd(&self.io);
-        let mut byte = [0u8; 1];
-        // SAFETY: `fd` belongs to `self.io`, which is borrowed (so open) for the whole call;
-        // `byte` is a valid, writable 1-byte buffer; MSG_PEEK | MSG_DONTWAIT neither consumes
-        // data nor blocks, whatever mode the socket is in.
-        #[allow(unsafe_code)]
-        let n = unsafe {
-            libc::recv(
-                fd,
-                byte.as_mut_ptr().cast(),
-                1,
-                libc::MSG_PEEK | libc::MSG_DONTWAIT,
-            )
-        };
-        if n < 0 {
-            let e = std::io::Error::last_os_error();
-            // Nothing to read: alive. Anything else (reset...): dead.
-            return e.kind() != std::io::ErrorKind::WouldBlock;
-        }
-        // 0: the peer closed; > 0: stray bytes on an idle connection.
-        true
+        !matches!(crate::io::peek_state(&self.io), crate::io::PeerState::Quiet)
     }
 
     /// The underlying stream.

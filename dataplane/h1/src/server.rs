@@ -223,6 +223,15 @@ impl<S: AsyncReadRent + AsyncWriteRent> ServerConn<S> {
         &self.io
     }
 
+    /// Whether the client has closed the connection (a non-blocking peek; nothing is consumed).
+    /// A streaming response uses it to notice a client that went away without writing to it.
+    pub fn client_closed(&self) -> bool
+    where
+        S: std::os::fd::AsRawFd,
+    {
+        crate::io::peek_state(&self.io) == crate::io::PeerState::Closed
+    }
+
     /// Next request on this connection.
     ///
     /// `Ok(None)`: the peer closed cleanly between requests, or `idle_timeout` elapsed

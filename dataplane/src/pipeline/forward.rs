@@ -45,18 +45,38 @@ pub async fn forward(
             cancel: cancel.clone(),
         },
     );
+    // A legacy client's request to a 2026-07-28 upstream carries the envelope that upstream
+    // needs (the client's capabilities and info from its session, its log level).
+    let injected;
+    let body = if us.is_modern() && !session.modern {
+        let level = session.state.lock().log_level.clone();
+        let env = envelope_for(session, level.as_deref());
+        injected = with_envelope(&target.body, &env).map(bytes::Bytes::from);
+        injected.as_ref().unwrap_or(&target.body)
+    } else {
+        &target.body
+    };
     let attempt = async {
         let rule = || resend_rule(w, session, u, target.tool.as_deref());
         let resend = Resend::Ask(&rule);
-        match send_once(w, u, &us, &target.body, client_id, &cancel, resend).await {
+        match send_once(w, u, &us, body, &target.body, client_id, &cancel, resend).await {
             Sent::Done(out) => out,
             // The rare path is boxed so the common one's future stays small (it is moved).
             Sent::Lost(e) => {
-                Box::pin(failover(w, session, u, &us, target, client_id, &cancel, e)).await
+                Box::pin(failover(w, session, u, &us, target, body, client_id, &cancel, e)).await
             }
         }
     };
-    let mut out = attempt.await;
+    // To a 2026-07-28 upstream, closing the request is the cancel: a client's cancel while it
+    // has not answered yet drops the request (the `select!` costs instructions, so only here).
+    let mut out = if us.is_modern() {
+        monoio::select! {
+            out = attempt => out,
+            _ = cancel.cancelled() => Ok(Answer::Cancelled),
+        }
+    } else {
+        attempt.await
+    };
     // Cancelled while the upstream was answering: a JSON answer is not sent (a cancelled
     // request gets no response); a stream's relay sees the flag and ends at once. Waiting for the
     // head is not raced against the cancel: that `select!` cost ~7% of the hub's instructions
@@ -69,6 +89,124 @@ pub async fn forward(
         session.state.lock().inflight.remove(client_id);
     }
     out
+}
+
+/// The `_meta` envelope for a legacy session's request to a modern upstream.
+pub fn envelope_for(session: &Session, log_level: Option<&str>) -> String {
+    let env = crate::hub::lifecycle::envelope(
+        session.client_capabilities.get(),
+        session.client_info.get(),
+    );
+    match log_level {
+        Some(level) => {
+            let mut e = env[..env.len() - 1].to_string();
+            e.push_str(",\"io.modelcontextprotocol/logLevel\":");
+            let mut lv = Vec::new();
+            mcp_wire::jsonrpc::push_json_str(&mut lv, level);
+            e.push_str(&String::from_utf8_lossy(&lv));
+            e.push('}');
+            e
+        }
+        None => env,
+    }
+}
+
+/// `body` with the envelope `env` (a JSON object) merged into `params._meta` (created as
+/// needed; the request's own `_meta` members, such as its progress token, are kept). `None`
+/// when the body is not a JSON-RPC object.
+pub fn with_envelope(body: &[u8], env: &str) -> Option<Vec<u8>> {
+    use serde::Deserialize;
+    use serde_json::value::RawValue;
+    #[derive(Deserialize)]
+    struct Top<'a> {
+        #[serde(borrow)]
+        params: Option<&'a RawValue>,
+    }
+    #[derive(Deserialize)]
+    struct Params<'a> {
+        #[serde(borrow, rename = "_meta")]
+        meta: Option<&'a RawValue>,
+    }
+    let span = |outer: &[u8], inner: &str| {
+        let start = inner.as_ptr() as usize - outer.as_ptr() as usize;
+        start..start + inner.len()
+    };
+    let inner = env.strip_prefix('{')?.strip_suffix('}')?;
+    let top: Top<'_> = serde_json::from_slice(body).ok()?;
+    let mut out = Vec::with_capacity(body.len() + env.len() + 24);
+    let Some(params) = top.params.filter(|p| p.get().starts_with('{')) else {
+        let open = body.iter().position(|b| *b == b'{')?;
+        let empty = body[open + 1..]
+            .iter()
+            .find(|b| !b.is_ascii_whitespace())
+            .is_some_and(|b| *b == b'}');
+        out.extend_from_slice(&body[..=open]);
+        out.extend_from_slice(b"\"params\":{\"_meta\":");
+        out.extend_from_slice(env.as_bytes());
+        out.push(b'}');
+        if !empty {
+            out.push(b',');
+        }
+        out.extend_from_slice(&body[open + 1..]);
+        return Some(out);
+    };
+    let ps = span(body, params.get());
+    let p: Params<'_> = serde_json::from_str(params.get()).ok()?;
+    let (at, text) = match p.meta.filter(|m| m.get().starts_with('{')) {
+        // Into the existing `_meta` object, ahead of its own members.
+        Some(meta) => {
+            let ms = span(body, meta.get());
+            let empty = meta.get()[1..].trim_start().starts_with('}');
+            (ms.start + 1, format!("{inner}{}", if empty { "" } else { "," }))
+        }
+        None => {
+            let empty = params.get()[1..].trim_start().starts_with('}');
+            (
+                ps.start + 1,
+                format!("\"_meta\":{env}{}", if empty { "" } else { "," }),
+            )
+        }
+    };
+    out.extend_from_slice(&body[..at]);
+    out.extend_from_slice(text.as_bytes());
+    out.extend_from_slice(&body[at..]);
+    Some(out)
+}
+
+/// `body` with the members `members` (`"k":v,…`, no braces) put first in its `params` object
+/// (created when absent). `None` when the body is not a JSON-RPC object.
+pub fn with_params(body: &[u8], members: &str) -> Option<Vec<u8>> {
+    // The same splice as the envelope, one level up: into `params` itself.
+    use serde::Deserialize;
+    use serde_json::value::RawValue;
+    #[derive(Deserialize)]
+    struct Top<'a> {
+        #[serde(borrow)]
+        params: Option<&'a RawValue>,
+    }
+    let top: Top<'_> = serde_json::from_slice(body).ok()?;
+    let mut out = Vec::with_capacity(body.len() + members.len() + 16);
+    match top.params.filter(|p| p.get().starts_with('{')) {
+        Some(p) => {
+            let start = p.get().as_ptr() as usize - body.as_ptr() as usize;
+            let empty = p.get()[1..].trim_start().starts_with('}');
+            out.extend_from_slice(&body[..=start]);
+            out.extend_from_slice(members.as_bytes());
+            if !empty {
+                out.push(b',');
+            }
+            out.extend_from_slice(&body[start + 1..]);
+        }
+        None => {
+            let open = body.iter().position(|b| *b == b'{')?;
+            out.extend_from_slice(&body[..=open]);
+            out.extend_from_slice(b"\"params\":{");
+            out.extend_from_slice(members.as_bytes());
+            out.extend_from_slice(b"},");
+            out.extend_from_slice(&body[open + 1..]);
+        }
+    }
+    Some(out)
 }
 
 /// Whether a call may run twice: it never reached the replica (`unreachable`), or it is a
@@ -98,6 +236,7 @@ async fn send_once(
     u: usize,
     us: &UpstreamSession,
     body: &bytes::Bytes,
+    request: &bytes::Bytes,
     client_id: &str,
     cancel: &Arc<Cancel>,
     resend: Resend<'_>,
@@ -116,6 +255,7 @@ async fn send_once(
             client_id: client_id.into(),
             cancel: cancel.clone(),
             modern: us.is_modern(),
+            request: request.clone(),
         })),
         Ok(Reply::Status(s)) => Err(ProxyError::new(
             crate::error::ErrorKind::UpstreamProtocol,
@@ -146,6 +286,7 @@ async fn failover(
     u: usize,
     lost: &UpstreamSession,
     target: &Target,
+    body: &bytes::Bytes,
     client_id: &str,
     cancel: &Arc<Cancel>,
     e: UpstreamError,
@@ -197,7 +338,18 @@ async fn failover(
         ));
     }
     tracing::info!(upstream = %up.name, from = %from, to = %to, "call retried on the session's new replica");
-    match send_once(w, u, &new, &target.body, client_id, cancel, Resend::Safe).await {
+    match send_once(
+        w,
+        u,
+        &new,
+        body,
+        &target.body,
+        client_id,
+        cancel,
+        Resend::Safe,
+    )
+    .await
+    {
         Sent::Done(out) => out,
         Sent::Lost(e2) => {
             let err = upstream_failure(w, u, new.replica, &e2);
@@ -212,7 +364,25 @@ async fn failover(
 
 #[cfg(test)]
 mod tests {
-    use super::may_run_twice;
+    use super::{may_run_twice, with_envelope};
+
+    #[test]
+    fn the_envelope_is_merged_into_meta() {
+        let env = r#"{"v":1}"#;
+        let cases = [
+            (r#"{"jsonrpc":"2.0","id":1,"method":"x"}"#, r#"{"params":{"_meta":{"v":1}},"jsonrpc":"2.0","id":1,"method":"x"}"#),
+            (r#"{"id":1,"params":{}}"#, r#"{"id":1,"params":{"_meta":{"v":1}}}"#),
+            (r#"{"id":1,"params":{"name":"t"}}"#, r#"{"id":1,"params":{"_meta":{"v":1},"name":"t"}}"#),
+            (r#"{"id":1,"params":{"_meta":{"progressToken":7},"name":"t"}}"#, r#"{"id":1,"params":{"_meta":{"v":1,"progressToken":7},"name":"t"}}"#),
+            (r#"{"id":1,"params":{"_meta":{}}}"#, r#"{"id":1,"params":{"_meta":{"v":1}}}"#),
+        ];
+        for (body, want) in cases {
+            let got = with_envelope(body.as_bytes(), env).unwrap();
+            assert_eq!(std::str::from_utf8(&got).unwrap(), want, "{body}");
+            serde_json::from_slice::<serde_json::Value>(&got).unwrap();
+        }
+        assert!(with_envelope(b"not json", env).is_none());
+    }
 
     #[test]
     fn the_retry_rule() {

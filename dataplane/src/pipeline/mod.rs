@@ -142,6 +142,16 @@ pub enum Answer {
     /// A JSON-RPC error a 2026-07-28 upstream answered with an HTTP 4xx (relayed with it to a
     /// modern client; a legacy client gets it with 200).
     Status(u16, Bytes),
+    /// A 2026-07-28 upstream answered a legacy client's request with `input_required`: the hub
+    /// asks the client on an SSE stream and retries ([`relay::input_rounds`]).
+    Input {
+        /// The upstream.
+        upstream: usize,
+        /// The request as routed (to retry).
+        request: Bytes,
+        /// The `input_required` response.
+        first: Bytes,
+    },
 }
 
 /// Handles one request on the MCP endpoint; returns whether the connection may be kept alive.
@@ -231,10 +241,30 @@ pub async fn serve(
     // affinity: the replica and the upstream session on it.
     let us = affinity::upstream_session(w, &session, target.upstream).await?;
     call.replica = Some(us.replica);
+    // A 2026-07-28 upstream has no resources/subscribe: the hub keeps the subscription and
+    // delivers its updates from the upstream's listen stream on the session's GET stream.
+    if us.is_modern() && matches!(target.then, route::After::Subscribe(_) | route::After::Unsubscribe(_)) {
+        route::after_forward(w, &session, &target);
+        relay::resubscribe(&session).await;
+        return Ok(Answer::Json(Bytes::from(mcp_wire::jsonrpc::result_object(
+            call.id(),
+            b"{}",
+        ))));
+    }
     // forward: send it; a lost replica moves the session, and a retry happens only when safe.
+    let modern_upstream = us.is_modern();
     let answer = forward::forward(w, &session, call, &target, us).await?;
     route::after_forward(w, &session, &target);
-    Ok(answer)
+    Ok(match answer {
+        Answer::Json(first) if modern_upstream && relay::is_input_required(&first) => {
+            Answer::Input {
+                upstream: target.upstream,
+                request: target.body.clone(),
+                first,
+            }
+        }
+        other => other,
+    })
 }
 
 /// Writes the answer (JSON, 202, a new session, or the relayed stream) or the error.
@@ -260,6 +290,14 @@ async fn respond(
             None => false,
         },
         Ok(Answer::Cancelled) => relay::empty_stream(conn).await && keep,
+        Ok(Answer::Input {
+            upstream,
+            request,
+            first,
+        }) => match &cx.session {
+            Some(s) => relay::input_stream(w, conn, s, upstream, &request, call.id(), first).await && keep,
+            None => false,
+        },
         Err(e) => {
             call.outcome = e.label();
             reply_error(conn, &e.with_id(call.msg.id), keep).await
@@ -340,6 +378,7 @@ async fn batch(w: &Rc<Worker>, conn: &mut Conn, cx: &mut Ctx<'_>) -> bool {
         match answer {
             Ok(Answer::Json(j) | Answer::Status(_, j)) => answers.push(relay::BatchPart::Json(j)),
             Ok(Answer::Accepted | Answer::Cancelled) => {}
+            Ok(Answer::Input { first, .. }) => answers.push(relay::BatchPart::Json(first)),
             Ok(Answer::Opened { json, .. }) => answers.push(relay::BatchPart::Json(json)),
             Ok(Answer::Stream(src)) => answers.push(relay::BatchPart::Stream(src)),
             Err(e) => {

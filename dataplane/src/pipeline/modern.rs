@@ -48,7 +48,33 @@ pub enum Modern {
 pub async fn post<'r>(w: &Rc<Worker>, conn: &mut Conn, cx: &mut Ctx<'r>, msg: Peeked<'r>) -> bool {
     let mut call = Call::new(msg, cx.req.body.clone());
     let keep = cx.keep_alive;
-    let out = match admit_and_serve(w, cx, &mut call).await {
+    // Closing the stream is this era's cancel, also while the upstream has not answered yet:
+    // a client gone before the answer ends the request (dropping it closes the upstream's).
+    let served = {
+        let watch = client_gone(conn);
+        let serve = admit_and_serve(w, cx, &mut call);
+        monoio::select! {
+            s = serve => Some(s),
+            _ = watch => None,
+        }
+    };
+    let Some(served) = served else {
+        call.outcome = "client_error";
+        tracing::debug!("2026-07-28 client closed its request before the answer; cancelled");
+        // A legacy upstream running it is told (a modern one saw its connection close).
+        if let Some(s) = &cx.session {
+            let flight = s.state.lock().inflight.remove(call.id());
+            if let Some(f) = flight {
+                let us = s.state.lock().upstreams[f.upstream].clone();
+                if let Some(us) = us.filter(|us| !us.is_modern()) {
+                    super::relay::cancel_upstream(w, s, f.upstream, us.generation, call.id()).await;
+                }
+            }
+        }
+        super::audit::record(w, cx, &call);
+        return false;
+    };
+    let out = match served {
         Ok((env, Modern::Answer(a))) => respond(w, conn, cx, &mut call, &env, a).await,
         Ok((env, Modern::Listen(filter))) => match &cx.session {
             Some(s) => {
@@ -68,6 +94,16 @@ pub async fn post<'r>(w: &Rc<Worker>, conn: &mut Conn, cx: &mut Ctx<'r>, msg: Pe
         .record(call.method, call.upstream, label, cx.started.elapsed());
     super::audit::record(w, cx, &call);
     out
+}
+
+/// Resolves when the client has closed its connection (checked every quarter second).
+async fn client_gone(conn: &Conn) {
+    loop {
+        monoio::time::sleep(std::time::Duration::from_millis(250)).await;
+        if conn.client_closed() {
+            return;
+        }
+    }
 }
 
 async fn admit_and_serve<'r>(
@@ -150,7 +186,7 @@ async fn respond(
 ) -> bool {
     let keep = cx.keep_alive;
     match answer {
-        Answer::Json(json) | Answer::Opened { json, .. } => {
+        Answer::Json(json) | Answer::Opened { json, .. } | Answer::Input { first: json, .. } => {
             conn.write_full(200, &[JSON], &json, keep).await.is_ok() && keep
         }
         Answer::Status(status, json) => {

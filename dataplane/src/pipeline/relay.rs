@@ -54,6 +54,8 @@ pub struct StreamSource {
     pub cancel: Arc<Cancel>,
     /// Whether the upstream session is a 2026-07-28 one (its stream is already modern).
     pub modern: bool,
+    /// The request as routed (before any envelope), to retry after an `input_required`.
+    pub request: Bytes,
 }
 
 /// One answer of a batch.
@@ -129,7 +131,7 @@ pub async fn relay_message(
 }
 
 /// Writes one event to the client (if still connected) and records it for replay.
-struct Emitter<'a> {
+pub struct Emitter<'a> {
     conn: &'a mut Conn,
     stream: Arc<ReplayStream>,
     client_ok: bool,
@@ -248,7 +250,8 @@ async fn relay_to_response(
         conn: up_conn,
         client_id,
         cancel,
-        modern: _,
+        modern,
+        request,
     } = src;
     let up = w.upstream(u);
     let deadline = Instant::now() + up.request_timeout;
@@ -296,6 +299,14 @@ async fn relay_to_response(
                     }
                     let (data, is_final) =
                         relay_message(w, session, u, generation, &ev.data, Some(&client_id)).await;
+                    if is_final && modern && !session.modern && is_input_required(&data) {
+                        // A 2026-07-28 upstream wants input: ask this legacy client for it as
+                        // server→client requests, retry, and relay the final answer.
+                        let fin = input_rounds(w, em, session, u, &request, &client_id, data).await;
+                        em.emit(&fin).await;
+                        done = true;
+                        break;
+                    }
                     em.emit(&data).await;
                     if is_final {
                         done = true;
@@ -382,6 +393,35 @@ pub async fn get_stream(
     false
 }
 
+/// A subscription to a 2026-07-28 upstream changed: has the session's GET stream reopen that
+/// upstream's listen stream with the new set, and waits (at most 2 s) until the upstream
+/// acknowledged it, so an update right after the subscribe is not missed. Without a GET stream
+/// there is nothing to wait for.
+pub async fn resubscribe(session: &Session) {
+    let want = {
+        let mut st = session.state.lock();
+        st.listen_want += 1;
+        if st.get_stream_gen == 0 {
+            return;
+        }
+        st.listen_want
+    };
+    session.changed.notify_waiters();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let n = session.changed.notified();
+        let mut n = std::pin::pin!(n);
+        n.as_mut().enable();
+        if session.state.lock().listen_have >= want || session.is_closed() {
+            return;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || monoio::time::timeout(left, n).await.is_err() {
+            return;
+        }
+    }
+}
+
 /// What the standalone stream knows of one upstream's GET stream (the last event id seen on it
 /// is kept in the session, `upstream_get_ids`, so a newer GET stream resumes it too).
 #[derive(Default, Clone)]
@@ -390,6 +430,9 @@ struct Attached {
     live: Option<u64>,
     /// When a failed attach may be retried.
     retry_at: Option<Instant>,
+    /// The session's `listen_want` a just-opened listen stream stands for (reached when the
+    /// upstream acknowledges it).
+    listen_for: Option<u64>,
 }
 
 /// The standalone GET stream: merges the upstream sessions' GET streams, sends `list_changed`
@@ -439,8 +482,54 @@ pub async fn standalone_stream(
                     continue;
                 }
             };
-            if a.live == Some(us.generation) || us.is_modern() {
-                // Attached already; or a 2026-07-28 upstream, which has no GET stream.
+            if us.is_modern() {
+                // A 2026-07-28 upstream has no GET stream: its listen stream, asking for the
+                // list changes and this session's resource subscriptions there, stands in.
+                let subs: Vec<String> = session
+                    .state
+                    .lock()
+                    .subscriptions
+                    .iter()
+                    .filter(|(su, _)| *su == u)
+                    .map(|(_, uri)| uri.clone())
+                    .collect();
+                let want = us.generation ^ crate::ring::hash(subs.join("\n").as_bytes());
+                let listen_want = session.state.lock().listen_want;
+                if a.live == Some(want) {
+                    // Nothing to reopen for this upstream: it is current.
+                    let mut st = session.state.lock();
+                    if a.listen_for.is_none() && st.listen_have < listen_want {
+                        st.listen_have = listen_want;
+                        drop(st);
+                        session.changed.notify_waiters();
+                    }
+                    continue;
+                }
+                let filter = mcp_wire::modern::ListenFilter {
+                    tools_list_changed: true,
+                    prompts_list_changed: true,
+                    resources_list_changed: true,
+                    resource_subscriptions: subs,
+                };
+                let env = super::forward::envelope_for(session, None);
+                match open_listen(w, u, &us, &env, &filter).await {
+                    Ok(Some(c)) => {
+                        // A replaced listen stream's reader goes on until its upstream ends it;
+                        // its events are those of the old filter, still wanted or harmless.
+                        upstream::spawn_reader(c, u, tx.clone());
+                        a.live = Some(want);
+                        a.retry_at = None;
+                        a.listen_for = Some(listen_want);
+                    }
+                    Ok(None) => a.live = Some(want),
+                    Err(e) => {
+                        tracing::debug!(upstream = %w.upstream(u).name, error = %e, "upstream listen stream not available; retrying later");
+                        a.retry_at = Some(Instant::now() + Duration::from_secs(1));
+                    }
+                }
+                continue;
+            }
+            if a.live == Some(us.generation) {
                 continue;
             }
             // Taken over by a newer GET: attach nothing more (a late attach could reach the
@@ -471,17 +560,37 @@ pub async fn standalone_stream(
                 }
             }
         }
+        let changed = session.changed.notified();
         let msg = monoio::select! {
             m = rx.recv() => m,
+            _ = changed => None,
             _ = monoio::time::sleep(tick) => None,
         };
         match msg {
             Some((u, ReaderMsg::Event(ev))) => {
+                // A 2026-07-28 upstream acknowledged the listen stream opened for a new set of
+                // subscriptions: a subscribe waiting for it may answer now.
+                if let Some(v) = attached[u].listen_for {
+                    if ev.data.contains(mcp_wire::modern::METHOD_SUBSCRIPTIONS_ACKNOWLEDGED) {
+                        attached[u].listen_for = None;
+                        let mut st = session.state.lock();
+                        st.listen_have = st.listen_have.max(v);
+                        drop(st);
+                        session.changed.notify_waiters();
+                    }
+                }
                 let generation = attached[u].live.unwrap_or(0);
                 if let Some(id) = &ev.id {
                     session.state.lock().upstream_get_ids[u] = Some((generation, id.clone()));
                 }
-                if ev.has_data && !ev.data.is_empty() {
+                // A listen stream's acknowledgement and end (a 2026-07-28 upstream) are the
+                // hub's business, not the client's.
+                let own = mcp_wire::peek(ev.data.as_bytes()).is_ok_and(|p| {
+                    p.kind == Kind::Response
+                        || p.method.as_deref()
+                            == Some(mcp_wire::modern::METHOD_SUBSCRIPTIONS_ACKNOWLEDGED)
+                });
+                if ev.has_data && !ev.data.is_empty() && !own {
                     let (data, _) = relay_message(w, session, u, generation, &ev.data, None).await;
                     em.emit(&data).await;
                 }
@@ -586,6 +695,7 @@ pub async fn modern_post_stream(
         client_id,
         cancel,
         modern,
+        request: _,
     } = src;
     let up = w.upstream(u);
     let mut client_ok = conn.start_stream(200, &SSE_HEADERS).await.is_ok();
@@ -609,8 +719,11 @@ pub async fn modern_post_stream(
         let msg = monoio::select! {
             m = rx.recv() => m,
             _ = cancel.cancelled() => { done = true; break; }
-            _ = monoio::time::sleep(keepalive.min(left)) => {
-                if last_write.elapsed() >= keepalive {
+            _ = monoio::time::sleep(keepalive.min(left).min(Duration::from_millis(250))) => {
+                // Closing the stream is this era's cancel: notice it within a tick.
+                if conn.client_closed() {
+                    client_ok = false;
+                } else if last_write.elapsed() >= keepalive {
                     client_ok = conn.write_chunk(h1::SSE_KEEPALIVE).await.is_ok();
                     last_write = Instant::now();
                 }
@@ -709,7 +822,7 @@ pub async fn modern_post_stream(
 
 /// Sends `notifications/cancelled` for `client_id` to upstream `u` (a 2026-07-28 client closed
 /// its stream, or went away).
-async fn cancel_upstream(
+pub(crate) async fn cancel_upstream(
     w: &Worker,
     session: &Session,
     u: usize,
@@ -763,7 +876,6 @@ pub async fn listen(
     let n = w.hub.snap.upstreams.len();
     let (tx, mut rx) = mpsc::channel::<(usize, ReaderMsg)>(64);
     let env = crate::hub::lifecycle::envelope(capabilities, info);
-    let filter_json = listen_filter_json(filter);
     let mut attached = vec![false; n];
     let mut retry_at = vec![Instant::now(); n];
     let keepalive = w.hub.snap.sse_keepalive;
@@ -786,27 +898,12 @@ pub async fn listen(
                 attached[u] = true;
                 continue;
             }
-            let mut body = br#"{"jsonrpc":"2.0","id":"mg-listen","method":"subscriptions/listen","params":{"_meta":"#
-                .to_vec();
-            body.extend_from_slice(env.as_bytes());
-            body.extend_from_slice(b",\"notifications\":");
-            body.extend_from_slice(filter_json.as_bytes());
-            body.extend_from_slice(b"}}");
-            match upstream::post(
-                &w.pool,
-                w.upstream(u),
-                us.replica,
-                Some(&us),
-                &body,
-                upstream::Resend::Safe,
-            )
-            .await
-            {
-                Ok(upstream::Reply::Stream { conn: c, .. }) => {
+            match open_listen(w, u, &us, &env, filter).await {
+                Ok(Some(c)) => {
                     upstream::spawn_reader(c, u, tx.clone());
                     attached[u] = true;
                 }
-                Ok(_) => attached[u] = true,
+                Ok(None) => attached[u] = true,
                 Err(e) => {
                     tracing::debug!(upstream = %w.upstream(u).name, error = %e, "upstream listen stream not opened; retrying later");
                     retry_at[u] = Instant::now() + Duration::from_secs(1);
@@ -864,12 +961,45 @@ pub async fn listen(
                 }
             }
         }
-        if client_ok && last_write.elapsed() >= keepalive {
+        if conn.client_closed() {
+            client_ok = false;
+        } else if client_ok && last_write.elapsed() >= keepalive {
             client_ok = conn.write_chunk(h1::SSE_KEEPALIVE).await.is_ok();
             last_write = Instant::now();
         }
     }
     client_ok && conn.finish_stream().await.is_ok()
+}
+
+/// Opens a 2026-07-28 upstream's `subscriptions/listen` stream with `filter`; `Ok(None)` when
+/// it answers without a stream.
+async fn open_listen(
+    w: &Worker,
+    u: usize,
+    us: &crate::session::UpstreamSession,
+    env: &str,
+    filter: &mcp_wire::modern::ListenFilter,
+) -> Result<Option<h1::ClientConn>, crate::upstream::UpstreamError> {
+    let mut body =
+        br#"{"jsonrpc":"2.0","id":"mg-listen","method":"subscriptions/listen","params":{"_meta":"#
+            .to_vec();
+    body.extend_from_slice(env.as_bytes());
+    body.extend_from_slice(b",\"notifications\":");
+    body.extend_from_slice(listen_filter_json(filter).as_bytes());
+    body.extend_from_slice(b"}}");
+    let reply = upstream::post(
+        &w.pool,
+        w.upstream(u),
+        us.replica,
+        Some(us),
+        &body,
+        upstream::Resend::Safe,
+    )
+    .await?;
+    match reply {
+        upstream::Reply::Stream { conn, .. } => Ok(Some(conn)),
+        _ => Ok(None),
+    }
 }
 
 /// The `notifications` filter as JSON (what the hub asks its modern upstreams for).
@@ -881,4 +1011,193 @@ fn listen_filter_json(f: &mcp_wire::modern::ListenFilter) -> String {
         "resourceSubscriptions": f.resource_subscriptions,
     })
     .to_string()
+}
+
+// === a legacy client and a 2026-07-28 upstream: input rounds ===
+
+/// Whether a JSON-RPC response is an `input_required` result.
+pub fn is_input_required(response: &[u8]) -> bool {
+    mcp_wire::modern::result_span(response)
+        .ok()
+        .flatten()
+        .and_then(|r| std::str::from_utf8(&response[r]).ok().map(str::to_string))
+        .is_some_and(|r| {
+            matches!(
+                mcp_wire::modern::peek_result_shape(&r),
+                Ok(mcp_wire::modern::ResultShape::InputRequired { .. })
+            )
+        })
+}
+
+/// Answers the `input_required` result `first` for a legacy client (whose session has no MRTR):
+/// each of its `inputRequests` goes to the client as a server→client request on this stream;
+/// with every answer in, the request is retried upstream with `inputResponses` and the
+/// upstream's `requestState` echoed; repeated while the upstream asks again (at most 8 rounds).
+/// Returns the final response to send under the client's id.
+pub async fn input_rounds(
+    w: &Rc<Worker>,
+    em: &mut Emitter<'_>,
+    session: &Arc<Session>,
+    u: usize,
+    request: &Bytes,
+    client_id: &str,
+    first: Bytes,
+) -> Bytes {
+    use serde_json::value::RawValue;
+    let fail = |why: String| {
+        Bytes::from(error_object(
+            Some(client_id),
+            mcp_wire::jsonrpc::code::INTERNAL_ERROR,
+            &why,
+            None,
+        ))
+    };
+    let up = w.upstream(u);
+    let mut current = first;
+    for _round in 0..8 {
+        if !is_input_required(&current) {
+            return current;
+        }
+        #[derive(serde::Deserialize)]
+        struct Resp<'a> {
+            #[serde(borrow)]
+            result: InputRequired<'a>,
+        }
+        #[derive(serde::Deserialize)]
+        struct InputRequired<'a> {
+            #[serde(borrow, rename = "inputRequests", default)]
+            input_requests: Option<std::collections::BTreeMap<String, &'a RawValue>>,
+            #[serde(borrow, rename = "requestState", default)]
+            request_state: Option<&'a RawValue>,
+        }
+        let Ok(resp) = serde_json::from_slice::<Resp<'_>>(&current) else {
+            return fail(format!("upstream '{}' sent an unreadable input_required result", up.name));
+        };
+        let mut responses: Vec<(String, Bytes)> = Vec::new();
+        let mut waiting = Vec::new();
+        for (key, req) in resp.result.input_requests.unwrap_or_default() {
+            // `{method, params}` as a JSON-RPC request under a hub-minted id.
+            let (id, rx) = session.mint_waiter();
+            let mut msg = br#"{"jsonrpc":"2.0","id":"#.to_vec();
+            msg.extend_from_slice(id.as_bytes());
+            msg.push(b',');
+            let inner = req.get().trim();
+            msg.extend_from_slice(inner.get(1..).unwrap_or("}").as_bytes());
+            em.emit(&msg).await;
+            waiting.push((key, rx));
+        }
+        for (key, rx) in waiting {
+            let answer = monoio::time::timeout(w.hub.snap.pending_timeout, rx).await;
+            let Ok(Ok(answer)) = answer else {
+                return fail(format!(
+                    "the client did not answer the input request {key:?} of upstream '{}'",
+                    up.name
+                ));
+            };
+            // The client's JSON-RPC response: its `result` is the input response.
+            let result = mcp_wire::modern::result_span(&answer).ok().flatten();
+            match result {
+                Some(r) => responses.push((key, answer.slice(r))),
+                None => {
+                    return fail(format!(
+                        "the client refused the input request {key:?} of upstream '{}'",
+                        up.name
+                    ))
+                }
+            }
+        }
+        // The retry: the same request, with inputResponses and the upstream's requestState.
+        let mut members = String::from("\"inputResponses\":{");
+        for (i, (key, value)) in responses.iter().enumerate() {
+            if i > 0 {
+                members.push(',');
+            }
+            let mut k = Vec::new();
+            mcp_wire::jsonrpc::push_json_str(&mut k, key);
+            members.push_str(&String::from_utf8_lossy(&k));
+            members.push(':');
+            members.push_str(&String::from_utf8_lossy(value));
+        }
+        members.push('}');
+        if let Some(state) = resp.result.request_state {
+            members.push_str(",\"requestState\":");
+            members.push_str(state.get());
+        }
+        let Some(retry) = super::forward::with_params(request, &members) else {
+            return fail("the request could not be retried".into());
+        };
+        let level = session.state.lock().log_level.clone();
+        let env = super::forward::envelope_for(session, level.as_deref());
+        let Some(retry) = super::forward::with_envelope(&retry, &env) else {
+            return fail("the request could not be retried".into());
+        };
+        let us = session.state.lock().upstreams[u].clone();
+        let Some(us) = us else {
+            return fail(format!("upstream '{}' session is gone", up.name));
+        };
+        current = match upstream::post(&w.pool, up, us.replica, Some(&us), &retry, upstream::Resend::IfUnsent).await {
+            Ok(upstream::Reply::Json { body, .. }) => body,
+            Ok(upstream::Reply::Stream { conn, .. }) => {
+                match collect_response(w, em, session, u, us.generation, conn, client_id).await {
+                    Some(b) => b,
+                    None => return fail(format!("upstream '{}' ended the stream without answering", up.name)),
+                }
+            }
+            Ok(upstream::Reply::Status(s)) => return fail(format!("upstream '{}' answered HTTP {s}", up.name)),
+            Err(e) => return fail(format!("upstream '{}' failed: {e}", up.name)),
+        };
+    }
+    fail(format!("upstream '{}' asked for input more than 8 times", up.name))
+}
+
+/// A legacy client's answer that starts with an upstream's `input_required` JSON result: an SSE
+/// stream carrying the input rounds and then the final response.
+pub async fn input_stream(
+    w: &Rc<Worker>,
+    conn: &mut Conn,
+    session: &Arc<Session>,
+    u: usize,
+    request: &Bytes,
+    client_id: &str,
+    first: Bytes,
+) -> bool {
+    let _guard = metrics::StreamGuard::new(&w.hub.metrics.open_streams);
+    let mut em = Emitter::start(w, conn, session, false).await;
+    em.prime(session.version).await;
+    let fin = input_rounds(w, &mut em, session, u, request, client_id, first).await;
+    em.emit(&fin).await;
+    session.state.lock().inflight.remove(client_id);
+    em.finish().await
+}
+
+/// Reads an upstream SSE answer to its response, relaying its notifications to `em`.
+async fn collect_response(
+    w: &Rc<Worker>,
+    em: &mut Emitter<'_>,
+    session: &Arc<Session>,
+    u: usize,
+    generation: u64,
+    conn: h1::ClientConn,
+    client_id: &str,
+) -> Option<Bytes> {
+    let up = w.upstream(u);
+    let (tx, mut rx) = mpsc::channel::<((), ReaderMsg)>(64);
+    upstream::spawn_reader(conn, (), tx);
+    let deadline = Instant::now() + up.request_timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let msg = monoio::time::timeout(left, rx.recv()).await.ok().flatten()?;
+        match msg {
+            ((), ReaderMsg::Event(ev)) if ev.has_data && !ev.data.is_empty() => {
+                let (data, is_final) =
+                    relay_message(w, session, u, generation, &ev.data, Some(client_id)).await;
+                if is_final {
+                    return Some(data);
+                }
+                em.emit(&data).await;
+            }
+            ((), ReaderMsg::Event(_)) => {}
+            ((), ReaderMsg::End(_) | ReaderMsg::Failed(_)) => return None,
+        }
+    }
 }

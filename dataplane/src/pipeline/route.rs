@@ -273,7 +273,8 @@ async fn set_level(
                 continue;
             }
         };
-        if !us.has_capability("logging") {
+        // A 2026-07-28 upstream has no setLevel: the level travels in each request's `_meta`.
+        if !us.has_capability("logging") || us.is_modern() {
             continue;
         }
         if let Err(e) =
@@ -316,7 +317,9 @@ async fn notification(
     };
     for u in targets {
         let us = session.state.lock().upstreams[u].clone();
-        if let Some(us) = us {
+        // A 2026-07-28 upstream takes no client notifications: a cancel closes the stream
+        // (the relay does it), and roots are asked for per request.
+        if let Some(us) = us.filter(|us| !us.is_modern()) {
             if let Err(e) = upstream::post(
                 &w.pool,
                 w.upstream(u),
@@ -342,6 +345,12 @@ async fn response(
     call: &Call<'_>,
 ) -> Result<Answer, ProxyError> {
     let id = call.id();
+    // An answer to a request the hub itself asked (a modern upstream's input request).
+    let waiter = session.state.lock().input_waiters.remove(id);
+    if let Some(tx) = waiter {
+        let _ = tx.send(call.body.clone());
+        return Ok(Answer::Accepted);
+    }
     let pending = session.state.lock().pending.remove(id);
     let Some(pending) = pending else {
         return Err(ProxyError::new(
