@@ -141,6 +141,28 @@ pub struct PendingRequest {
 /// the hub's memory.
 pub const MAX_PENDING: usize = 64;
 
+/// An upstream answer parked while a 2026-07-28 client is asked for input (an
+/// `input_required` round over a legacy upstream): found again by the token in the sealed
+/// `requestState` of the client's retry.
+pub struct Suspended {
+    /// The upstream.
+    pub upstream: usize,
+    /// Its replica.
+    pub replica: usize,
+    /// The upstream session generation the stream belongs to.
+    pub generation: u64,
+    /// The request id the upstream will answer under.
+    pub upstream_id: Box<str>,
+    /// The id of the upstream's server→client request the client's input answers.
+    pub asked_id: Box<str>,
+    /// Whether the request asked for log messages.
+    pub log_level: bool,
+    /// The rest of the upstream's answer.
+    pub events: tokio::sync::mpsc::Receiver<Option<h1::SseEvent>>,
+    /// When it was parked (old ones are dropped).
+    pub created: Instant,
+}
+
 /// A client request in flight, for `notifications/cancelled`.
 #[derive(Debug, Clone)]
 pub struct Inflight {
@@ -194,6 +216,8 @@ pub struct SessionState {
     pub subscriptions: Vec<(usize, String)>,
     /// Server→client requests by hub-minted id (raw JSON).
     pub pending: HashMap<Box<str>, PendingRequest>,
+    /// Upstream answers parked for a 2026-07-28 client's input, by token.
+    pub suspended: HashMap<u64, Suspended>,
     /// Requests the hub itself sent the client (a 2026-07-28 upstream's `inputRequests` turned
     /// into server→client requests), by hub-minted id: the client's answer goes to the waiter.
     pub input_waiters: HashMap<Box<str>, tokio::sync::oneshot::Sender<Bytes>>,
@@ -423,6 +447,31 @@ impl Session {
         };
         st.pending.insert(id.clone(), p);
         (id, evicted)
+    }
+
+    /// Parks an upstream answer (at [`MAX_PENDING`], the oldest is dropped; the housekeeping
+    /// drops those older than the pending timeout).
+    pub fn park(&self, token: u64, s: Suspended) {
+        let mut st = self.state.lock();
+        if st.suspended.len() >= MAX_PENDING {
+            if let Some(k) = st
+                .suspended
+                .iter()
+                .min_by_key(|(_, s)| s.created)
+                .map(|(k, _)| *k)
+            {
+                st.suspended.remove(&k);
+            }
+        }
+        st.suspended.insert(token, s);
+    }
+
+    /// Drops parked answers older than `max_age`.
+    pub fn expire_parked(&self, max_age: Duration) {
+        self.state
+            .lock()
+            .suspended
+            .retain(|_, s| s.created.elapsed() < max_age);
     }
 
     /// Mints an id for a request the hub sends the client itself; the client's answer (the

@@ -60,6 +60,10 @@ pub struct Hub {
     pub store: Option<Arc<dyn crate::store::SessionStore>>,
     /// The hub replicas, when this hub is one of several.
     pub cluster: Option<Arc<crate::cluster::Cluster>>,
+    /// Keys that seal the request state the hub hands 2026-07-28 clients (input rounds over a
+    /// legacy upstream): the shared store's keys when there is one (so any replica can open
+    /// another's), else random keys of this process.
+    pub state_keys: crate::store::seal::Keyring,
     /// Where audit records go (the `audit` stage).
     pub audit: Box<dyn crate::pipeline::audit::AuditSink>,
     /// Session ids the store recently did not know (so a flood of unknown ids costs one store
@@ -98,6 +102,7 @@ impl Hub {
             bound: parking_lot::Mutex::new(None),
             unknown_sessions: crate::persist::NegativeCache::default(),
             audit: Box::new(crate::pipeline::audit::NoAudit),
+            state_keys: state_keys(&snap),
             snap,
         })
     }
@@ -106,6 +111,29 @@ impl Hub {
     pub fn next_generation(&self) -> u64 {
         self.generation.fetch_add(1, Ordering::Relaxed)
     }
+}
+
+/// The keys that seal hub-issued request state (see [`Hub::state_keys`]).
+fn state_keys(snap: &Snapshot) -> crate::store::seal::Keyring {
+    use base64::Engine;
+    if let Some(cfg) = &snap.store {
+        if !matches!(cfg.kind, crate::store::StoreKind::Memory) {
+            match crate::store::seal::Keyring::load(&cfg.keys) {
+                Ok(k) => return k,
+                Err(e) => {
+                    tracing::warn!(error = %e, "request state is sealed with this process's own keys: the store keys do not load")
+                }
+            }
+        }
+    }
+    let mut key = [0u8; 32];
+    let mut index = [0u8; 32];
+    // A hub that cannot draw random keys cannot seal anything.
+    getrandom::fill(&mut key).expect("the OS random number generator is available");
+    getrandom::fill(&mut index).expect("the OS random number generator is available");
+    let b64 = base64::engine::general_purpose::STANDARD;
+    let text = format!("p1:{}\nindex:{}\n", b64.encode(key), b64.encode(index));
+    crate::store::seal::Keyring::parse(&text, "process keys").expect("generated key lines parse")
 }
 
 /// One worker thread's context.

@@ -63,7 +63,10 @@ pub async fn forward(
             Sent::Done(out) => out,
             // The rare path is boxed so the common one's future stays small (it is moved).
             Sent::Lost(e) => {
-                Box::pin(failover(w, session, u, &us, target, body, client_id, &cancel, e)).await
+                Box::pin(failover(
+                    w, session, u, &us, target, body, client_id, &cancel, e,
+                ))
+                .await
             }
         }
     };
@@ -157,7 +160,10 @@ pub fn with_envelope(body: &[u8], env: &str) -> Option<Vec<u8>> {
         Some(meta) => {
             let ms = span(body, meta.get());
             let empty = meta.get()[1..].trim_start().starts_with('}');
-            (ms.start + 1, format!("{inner}{}", if empty { "" } else { "," }))
+            (
+                ms.start + 1,
+                format!("{inner}{}", if empty { "" } else { "," }),
+            )
         }
         None => {
             let empty = params.get()[1..].trim_start().starts_with('}');
@@ -224,6 +230,8 @@ fn resend_rule(w: &Worker, session: &Session, u: usize, tool: Option<&str>) -> b
 }
 
 /// What one attempt of [`forward`] came to.
+// Moved once per request; boxing the answer would cost an allocation per call instead.
+#[allow(clippy::large_enum_variant)]
 enum Sent {
     /// An answer (or a failure that is not the replica's).
     Done(Result<Answer, ProxyError>),
@@ -231,6 +239,7 @@ enum Sent {
     Lost(UpstreamError),
 }
 
+#[allow(clippy::too_many_arguments)]
 async fn send_once(
     w: &Worker,
     u: usize,
@@ -370,11 +379,26 @@ mod tests {
     fn the_envelope_is_merged_into_meta() {
         let env = r#"{"v":1}"#;
         let cases = [
-            (r#"{"jsonrpc":"2.0","id":1,"method":"x"}"#, r#"{"params":{"_meta":{"v":1}},"jsonrpc":"2.0","id":1,"method":"x"}"#),
-            (r#"{"id":1,"params":{}}"#, r#"{"id":1,"params":{"_meta":{"v":1}}}"#),
-            (r#"{"id":1,"params":{"name":"t"}}"#, r#"{"id":1,"params":{"_meta":{"v":1},"name":"t"}}"#),
-            (r#"{"id":1,"params":{"_meta":{"progressToken":7},"name":"t"}}"#, r#"{"id":1,"params":{"_meta":{"v":1,"progressToken":7},"name":"t"}}"#),
-            (r#"{"id":1,"params":{"_meta":{}}}"#, r#"{"id":1,"params":{"_meta":{"v":1}}}"#),
+            (
+                r#"{"jsonrpc":"2.0","id":1,"method":"x"}"#,
+                r#"{"params":{"_meta":{"v":1}},"jsonrpc":"2.0","id":1,"method":"x"}"#,
+            ),
+            (
+                r#"{"id":1,"params":{}}"#,
+                r#"{"id":1,"params":{"_meta":{"v":1}}}"#,
+            ),
+            (
+                r#"{"id":1,"params":{"name":"t"}}"#,
+                r#"{"id":1,"params":{"_meta":{"v":1},"name":"t"}}"#,
+            ),
+            (
+                r#"{"id":1,"params":{"_meta":{"progressToken":7},"name":"t"}}"#,
+                r#"{"id":1,"params":{"_meta":{"v":1,"progressToken":7},"name":"t"}}"#,
+            ),
+            (
+                r#"{"id":1,"params":{"_meta":{}}}"#,
+                r#"{"id":1,"params":{"_meta":{"v":1}}}"#,
+            ),
         ];
         for (body, want) in cases {
             let got = with_envelope(body.as_bytes(), env).unwrap();

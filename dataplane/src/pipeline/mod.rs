@@ -243,7 +243,12 @@ pub async fn serve(
     call.replica = Some(us.replica);
     // A 2026-07-28 upstream has no resources/subscribe: the hub keeps the subscription and
     // delivers its updates from the upstream's listen stream on the session's GET stream.
-    if us.is_modern() && matches!(target.then, route::After::Subscribe(_) | route::After::Unsubscribe(_)) {
+    if us.is_modern()
+        && matches!(
+            target.then,
+            route::After::Subscribe(_) | route::After::Unsubscribe(_)
+        )
+    {
         route::after_forward(w, &session, &target);
         relay::resubscribe(&session).await;
         return Ok(Answer::Json(Bytes::from(mcp_wire::jsonrpc::result_object(
@@ -295,7 +300,9 @@ async fn respond(
             request,
             first,
         }) => match &cx.session {
-            Some(s) => relay::input_stream(w, conn, s, upstream, &request, call.id(), first).await && keep,
+            Some(s) => {
+                relay::input_stream(w, conn, s, upstream, &request, call.id(), first).await && keep
+            }
             None => false,
         },
         Err(e) => {

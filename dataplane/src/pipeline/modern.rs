@@ -42,6 +42,8 @@ pub enum Modern {
     Answer(Answer),
     /// A `subscriptions/listen` stream.
     Listen(m::ListenFilter),
+    /// A retry that resumes an upstream answer parked for input.
+    Resume(super::relay::Flow, super::relay::Source),
 }
 
 /// A 2026-07-28 POST (one message; batches do not exist in this era).
@@ -80,6 +82,14 @@ pub async fn post<'r>(w: &Rc<Worker>, conn: &mut Conn, cx: &mut Ctx<'r>, msg: Pe
             Some(s) => {
                 super::relay::listen(w, conn, s, call.id(), &filter, env.capabilities, env.info)
                     .await
+                    && keep
+            }
+            None => false,
+        },
+        Ok((_, Modern::Resume(flow, source))) => match &cx.session {
+            Some(s) => {
+                let cancel = crate::session::Cancel::default();
+                super::relay::modern_pump(w, conn, s, flow, source, call.id(), &cancel).await
                     && keep
             }
             None => false,
@@ -159,6 +169,12 @@ async fn serve(
     }
     if let Some(kind) = ListKind::from_method(name) {
         return list_page(w, &session, kind, call).await.map(Modern::Answer);
+    }
+    // A retry carrying request state the hub issued resumes the parked upstream answer.
+    if m::allows_input_required(name) {
+        if let Some(resumed) = resume(w, &session, call).await? {
+            return Ok(resumed);
+        }
     }
     // route → affinity → forward, as for a legacy client.
     let target = match super::route::route(w, &session, call).await? {
@@ -301,4 +317,117 @@ async fn list_page(
 /// The error a removed or unknown method gets.
 pub fn not_found(name: &str) -> ProxyError {
     ProxyError::modern(ModernError::MethodNotFound(name.to_string()))
+}
+
+/// Prefix of request state the hub issued (anything else is an upstream's, passed through).
+const STATE_PREFIX: &str = "mgrs.";
+
+/// A retry with hub-issued `requestState`: opens it (altered, another principal's, or expired
+/// state is refused with `-32602`), hands the client's input to the upstream that asked, and
+/// returns the parked answer to pump. `None` when the request carries no hub state.
+async fn resume(
+    w: &Worker,
+    session: &Arc<crate::session::Session>,
+    call: &Call<'_>,
+) -> Result<Option<Modern>, ProxyError> {
+    let retry = m::peek_retry(call.msg.params.unwrap_or("{}")).unwrap_or_default();
+    let Some(raw) = retry.request_state else {
+        return Ok(None);
+    };
+    let state: String = serde_json::from_str(raw).unwrap_or_default();
+    let Some(sealed) = state.strip_prefix(STATE_PREFIX) else {
+        return Ok(None);
+    };
+    let refused = |why: &str| {
+        ProxyError::new(
+            ErrorKind::InvalidParams,
+            format!("requestState refused: {why}"),
+        )
+    };
+    let plain = w
+        .hub
+        .state_keys
+        .open(&super::relay::state_aad(&session.principal), sealed)
+        .map_err(|_| refused("it was altered, or issued to another principal"))?;
+    #[derive(serde::Deserialize)]
+    struct State {
+        t: u64,
+        s: String,
+        e: u64,
+    }
+    let st: State = serde_json::from_slice(&plain).map_err(|_| refused("unreadable"))?;
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64);
+    if st.s != *session.id || st.e < now {
+        return Err(refused("it expired or belongs to another client"));
+    }
+    let parked = session.state.lock().suspended.remove(&st.t);
+    let Some(parked) = parked else {
+        return Err(refused(
+            "the call it continues is gone (expired, or already resumed)",
+        ));
+    };
+    #[derive(serde::Deserialize)]
+    struct Responses<'a> {
+        #[serde(borrow)]
+        input: Option<&'a serde_json::value::RawValue>,
+    }
+    let value = retry
+        .input_responses
+        .and_then(|r| serde_json::from_str::<Responses<'_>>(r).ok())
+        .and_then(|r| r.input);
+    let Some(value) = value else {
+        // Nothing to give the upstream yet: keep waiting for a retry that has it.
+        session.park(st.t, parked);
+        return Err(ProxyError::new(
+            ErrorKind::InvalidParams,
+            "inputResponses.input is required to continue this call",
+        ));
+    };
+    let us = session.state.lock().upstreams[parked.upstream].clone();
+    let Some(us) = us.filter(|us| us.generation == parked.generation) else {
+        return Err(ProxyError::new(
+            ErrorKind::UpstreamSessionLost,
+            format!(
+                "upstream '{}' lost the session this call ran in",
+                w.upstream(parked.upstream).name
+            ),
+        ));
+    };
+    let mut answer = br#"{"jsonrpc":"2.0","id":"#.to_vec();
+    answer.extend_from_slice(parked.asked_id.as_bytes());
+    answer.extend_from_slice(b",\"result\":");
+    answer.extend_from_slice(value.get().as_bytes());
+    answer.push(b'}');
+    let up = w.upstream(parked.upstream);
+    if let Err(e) = crate::upstream::post(
+        &w.pool,
+        up,
+        us.replica,
+        Some(&us),
+        &answer,
+        crate::upstream::Resend::Safe,
+    )
+    .await
+    {
+        return Err(crate::hub::upstream_failure(
+            w,
+            parked.upstream,
+            us.replica,
+            &e,
+        ));
+    }
+    let flow = super::relay::Flow {
+        u: parked.upstream,
+        replica: parked.replica,
+        generation: parked.generation,
+        upstream_id: parked.upstream_id,
+        modern: false,
+        log_level: parked.log_level,
+    };
+    Ok(Some(Modern::Resume(
+        flow,
+        super::relay::Source::Remote(parked.events),
+    )))
 }

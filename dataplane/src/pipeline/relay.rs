@@ -59,6 +59,8 @@ pub struct StreamSource {
 }
 
 /// One answer of a batch.
+// Batches are rare (2025-03-26 only); a box per streamed part would buy nothing.
+#[allow(clippy::large_enum_variant)]
 pub enum BatchPart {
     /// A complete JSON-RPC message.
     Json(Bytes),
@@ -571,7 +573,10 @@ pub async fn standalone_stream(
                 // A 2026-07-28 upstream acknowledged the listen stream opened for a new set of
                 // subscriptions: a subscribe waiting for it may answer now.
                 if let Some(v) = attached[u].listen_for {
-                    if ev.data.contains(mcp_wire::modern::METHOD_SUBSCRIPTIONS_ACKNOWLEDGED) {
+                    if ev
+                        .data
+                        .contains(mcp_wire::modern::METHOD_SUBSCRIPTIONS_ACKNOWLEDGED)
+                    {
                         attached[u].listen_for = None;
                         let mut st = session.state.lock();
                         st.listen_have = st.listen_have.max(v);
@@ -673,12 +678,63 @@ async fn write_event(conn: &mut Conn, buf: &mut Vec<u8>, data: &[u8]) -> bool {
     conn.write_chunk(buf).await.is_ok()
 }
 
-/// Relays an upstream SSE answer to a 2026-07-28 client's request: a modern upstream's events
-/// as they are; a legacy upstream's in the modern shape (log messages only when the request set
-/// `logLevel`, `list_changed` kept off request streams, `resultType` on the response, and a
-/// server→client request answered with an error, since this era has none). The client closing
-/// its stream is the cancellation: the relay stops and a legacy upstream gets
-/// `notifications/cancelled`.
+/// Where a 2026-07-28 relay reads an upstream answer from: the connection's reader on this
+/// worker, or (after an `input_required` round) a channel any worker can read.
+pub enum Source {
+    /// Read by a reader task on this worker (the connection goes back to its pool at the end).
+    Local(mpsc::Receiver<((), ReaderMsg)>),
+    /// Events forwarded from the worker that holds the connection (`None` = ended or failed).
+    Remote(mpsc::Receiver<Option<h1::SseEvent>>),
+}
+
+impl Source {
+    /// The next event; `None` at the end of the stream, `Err` when it broke.
+    async fn next(
+        &mut self,
+        w: &Worker,
+        u: usize,
+        replica: usize,
+    ) -> Option<Result<h1::SseEvent, String>> {
+        match self {
+            Source::Local(rx) => match rx.recv().await? {
+                ((), ReaderMsg::Event(ev)) => Some(Ok(ev)),
+                ((), ReaderMsg::End(c)) => {
+                    w.pool.put(w.upstream(u), replica, c);
+                    None
+                }
+                ((), ReaderMsg::Failed(e)) => Some(Err(e.to_string())),
+            },
+            Source::Remote(rx) => rx.recv().await.flatten().map(Ok),
+        }
+    }
+
+    /// A source that can wait in the session for the client's retry, read on any worker: a
+    /// local reader gets a forwarding task on this worker.
+    fn into_remote(self) -> mpsc::Receiver<Option<h1::SseEvent>> {
+        match self {
+            Source::Remote(rx) => rx,
+            Source::Local(mut rx) => {
+                let (tx, out) = mpsc::channel(64);
+                monoio::spawn(async move {
+                    while let Some(((), m)) = rx.recv().await {
+                        let ev = match m {
+                            ReaderMsg::Event(ev) => Some(ev),
+                            ReaderMsg::End(_) | ReaderMsg::Failed(_) => None,
+                        };
+                        let end = ev.is_none();
+                        if tx.send(ev).await.is_err() || end {
+                            return;
+                        }
+                    }
+                    let _ = tx.send(None).await;
+                });
+                out
+            }
+        }
+    }
+}
+
+/// Relays an upstream SSE answer to a 2026-07-28 client's request (see [`modern_pump`]).
 pub async fn modern_post_stream(
     w: &Rc<Worker>,
     conn: &mut Conn,
@@ -686,7 +742,6 @@ pub async fn modern_post_stream(
     src: StreamSource,
     log_level: bool,
 ) -> bool {
-    let _guard = metrics::StreamGuard::new(&w.hub.metrics.open_streams);
     let StreamSource {
         upstream: u,
         replica,
@@ -697,16 +752,79 @@ pub async fn modern_post_stream(
         modern,
         request: _,
     } = src;
+    let (tx, rx) = mpsc::channel::<((), ReaderMsg)>(64);
+    upstream::spawn_reader(up_conn, (), tx);
+    let flow = Flow {
+        u,
+        replica,
+        generation,
+        upstream_id: client_id.clone(),
+        modern,
+        log_level,
+    };
+    modern_pump(
+        w,
+        conn,
+        session,
+        flow,
+        Source::Local(rx),
+        &client_id,
+        &cancel,
+    )
+    .await
+}
+
+/// What a modern relay pumps: whose stream, and under which ids.
+pub struct Flow {
+    /// The upstream.
+    pub u: usize,
+    /// Its replica.
+    pub replica: usize,
+    /// The upstream session generation.
+    pub generation: u64,
+    /// The request id the upstream answers under (the first request's, across input rounds).
+    pub upstream_id: Box<str>,
+    /// Whether the upstream is a 2026-07-28 one.
+    pub modern: bool,
+    /// Whether the request asked for log messages.
+    pub log_level: bool,
+}
+
+/// Pumps an upstream answer to a 2026-07-28 client's request as an SSE stream: a modern
+/// upstream's events as they are; a legacy upstream's in the modern shape (log messages only when
+/// the request set `logLevel`, `list_changed` kept off request streams, `resultType` on the
+/// response). A legacy upstream's server→client request ends the answer with an
+/// `input_required` result (the upstream stream waits in the session, [`suspend`]); the client's
+/// retry resumes it here ([`super::modern::resume`]). The response goes out under `reply_id`.
+/// The client closing its stream is the cancellation: the relay stops and a legacy upstream
+/// gets `notifications/cancelled`.
+pub async fn modern_pump(
+    w: &Rc<Worker>,
+    conn: &mut Conn,
+    session: &Arc<Session>,
+    flow: Flow,
+    mut source: Source,
+    reply_id: &str,
+    cancel: &Cancel,
+) -> bool {
+    let _guard = metrics::StreamGuard::new(&w.hub.metrics.open_streams);
+    let Flow {
+        u,
+        replica,
+        generation,
+        ref upstream_id,
+        modern,
+        log_level,
+    } = flow;
     let up = w.upstream(u);
     let mut client_ok = conn.start_stream(200, &SSE_HEADERS).await.is_ok();
     let deadline = Instant::now() + up.request_timeout;
     let keepalive = w.hub.snap.sse_keepalive;
-    let (tx, mut rx) = mpsc::channel::<((), ReaderMsg)>(64);
-    upstream::spawn_reader(up_conn, (), tx);
     let mut buf = Vec::with_capacity(1024);
     let mut last_write = Instant::now();
     let mut done = false;
     let mut failure = String::new();
+    let mut ask: Option<(String, Box<str>, String)> = None;
     while client_ok {
         let left = deadline.saturating_duration_since(Instant::now());
         if left.is_zero() {
@@ -716,8 +834,8 @@ pub async fn modern_post_stream(
             );
             break;
         }
-        let msg = monoio::select! {
-            m = rx.recv() => m,
+        let next = monoio::select! {
+            m = source.next(w, u, replica) => m,
             _ = cancel.cancelled() => { done = true; break; }
             _ = monoio::time::sleep(keepalive.min(left).min(Duration::from_millis(250))) => {
                 // Closing the stream is this era's cancel: notice it within a tick.
@@ -730,18 +848,16 @@ pub async fn modern_post_stream(
                 continue;
             }
         };
-        let ev = match msg {
-            Some(((), ReaderMsg::Event(ev))) => ev,
-            Some(((), ReaderMsg::End(c))) => {
-                w.pool.put(up, replica, c);
-                failure = format!("upstream '{}' ended the stream without answering", up.name);
-                break;
-            }
-            Some(((), ReaderMsg::Failed(e))) => {
+        let ev = match next {
+            Some(Ok(ev)) => ev,
+            Some(Err(e)) => {
                 failure = format!("upstream '{}' stream failed: {e}", up.name);
                 break;
             }
-            None => break,
+            None => {
+                failure = format!("upstream '{}' ended the stream without answering", up.name);
+                break;
+            }
         };
         if !ev.has_data || ev.data.is_empty() {
             continue;
@@ -751,14 +867,14 @@ pub async fn modern_post_stream(
             continue;
         };
         let out: Option<Bytes> = match p.kind {
-            Kind::Response if p.id == Some(&*client_id) => {
+            Kind::Response if p.id == Some(&**upstream_id) => {
                 done = true;
-                Some(if modern {
+                let typed = if modern {
                     Bytes::copy_from_slice(data)
                 } else {
-                    let name = "";
-                    super::modern::modern_result(data, name)
-                })
+                    super::modern::modern_result(data, "")
+                };
+                Some(rewrite_id(&typed, reply_id))
             }
             Kind::Response => None,
             Kind::Notification => {
@@ -774,22 +890,34 @@ pub async fn modern_post_stream(
             }
             Kind::Request if modern => None,
             Kind::Request => {
-                // A legacy upstream asks the client something this era cannot carry as a
-                // request: it gets an error, the client sees the call's outcome.
-                let original = p.id.unwrap_or("null");
-                let pending = PendingRequest {
-                    upstream: u,
-                    original_id: original.into(),
-                    generation,
-                    created: Instant::now(),
+                let asked = p.method.as_deref().unwrap_or("").to_string();
+                let original: Box<str> = p.id.unwrap_or("null").into();
+                let needs = match asked.as_str() {
+                    "sampling/createMessage" => "sampling",
+                    "elicitation/create" => "elicitation",
+                    "roots/list" => "roots",
+                    _ => "",
                 };
-                let why = format!(
-                    "meshgate: the 2026-07-28 client cannot be sent {}",
-                    p.method.as_deref().unwrap_or("this request")
-                );
-                crate::hub::housekeeping::answer_upstream_with_error(w, session, &pending, &why)
+                if needs.is_empty() || !session.client_has(needs) {
+                    // Not something this client declared it can answer: the upstream is told.
+                    let pending = PendingRequest {
+                        upstream: u,
+                        original_id: original,
+                        generation,
+                        created: Instant::now(),
+                    };
+                    let why = format!(
+                        "meshgate: the client did not declare the capability {asked} needs"
+                    );
+                    crate::hub::housekeeping::answer_upstream_with_error(
+                        w, session, &pending, &why,
+                    )
                     .await;
-                None
+                    None
+                } else {
+                    ask = Some((asked, original, p.params.unwrap_or("{}").to_string()));
+                    break;
+                }
             }
         };
         if let Some(out) = out {
@@ -800,13 +928,29 @@ pub async fn modern_post_stream(
             break;
         }
     }
-    session.state.lock().inflight.remove(&*client_id);
+    if let Some((asked, original, params)) = ask {
+        // The upstream wants input: answer the client with input_required; the stream waits.
+        let state = suspend(w, session, &flow, source, &original);
+        let mut result =
+            br#"{"resultType":"input_required","inputRequests":{"input":{"method":"#.to_vec();
+        mcp_wire::jsonrpc::push_json_str(&mut result, &asked);
+        result.extend_from_slice(b",\"params\":");
+        result.extend_from_slice(params.as_bytes());
+        result.extend_from_slice(b"}},\"requestState\":");
+        mcp_wire::jsonrpc::push_json_str(&mut result, &state);
+        result.push(b'}');
+        let msg = mcp_wire::jsonrpc::result_object(reply_id, &result);
+        client_ok = client_ok && write_event(conn, &mut buf, &msg).await;
+        session.state.lock().inflight.remove(reply_id);
+        return client_ok && conn.finish_stream().await.is_ok();
+    }
+    session.state.lock().inflight.remove(reply_id);
     if !done && client_ok {
         if failure.is_empty() {
             failure = format!("upstream '{}' ended the stream without answering", up.name);
         }
         let err = error_object(
-            Some(&client_id),
+            Some(reply_id),
             mcp_wire::jsonrpc::code::INTERNAL_ERROR,
             &failure,
             None,
@@ -815,9 +959,66 @@ pub async fn modern_post_stream(
     }
     if !done && !client_ok && !modern {
         // The client closed its stream: that is the cancel; tell the legacy upstream.
-        cancel_upstream(w, session, u, generation, &client_id).await;
+        cancel_upstream(w, session, u, generation, upstream_id).await;
     }
     client_ok && conn.finish_stream().await.is_ok()
+}
+
+/// `response` with its top-level `id` replaced by `id` (raw JSON).
+fn rewrite_id(response: &[u8], id: &str) -> Bytes {
+    let Ok(p) = mcp_wire::peek(response) else {
+        return Bytes::copy_from_slice(response);
+    };
+    match p.id {
+        Some(old) if old != id => {
+            let span = id_span(response, old);
+            let mut out = Vec::with_capacity(response.len() + id.len());
+            out.extend_from_slice(&response[..span.start]);
+            out.extend_from_slice(id.as_bytes());
+            out.extend_from_slice(&response[span.end..]);
+            Bytes::from(out)
+        }
+        _ => Bytes::copy_from_slice(response),
+    }
+}
+
+/// Parks an upstream answer that asked for input in the session, and returns the sealed
+/// `requestState` that finds it again: AEAD (the hub's state keys, bound to the principal), with
+/// the parked stream's token, the session, this hub and an expiry.
+fn suspend(w: &Worker, session: &Session, flow: &Flow, source: Source, asked_id: &str) -> String {
+    let mut t = [0u8; 8];
+    // Unguessable tokens (the state is sealed too; this keeps parked streams apart).
+    getrandom::fill(&mut t).expect("the OS random number generator is available");
+    let token = u64::from_le_bytes(t);
+    let parked = crate::session::Suspended {
+        upstream: flow.u,
+        replica: flow.replica,
+        generation: flow.generation,
+        upstream_id: flow.upstream_id.clone(),
+        asked_id: asked_id.into(),
+        log_level: flow.log_level,
+        events: source.into_remote(),
+        created: Instant::now(),
+    };
+    session.park(token, parked);
+    let expires = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .map_or(0, |d| d.as_millis() as u64)
+        + w.hub.snap.pending_timeout.as_millis() as u64;
+    let me = w.hub.cluster.as_ref().map_or("", |c| c.me());
+    let plain =
+        serde_json::json!({"t": token, "s": &*session.id, "h": me, "e": expires}).to_string();
+    format!(
+        "mgrs.{}",
+        w.hub
+            .state_keys
+            .seal(&state_aad(&session.principal), plain.as_bytes())
+    )
+}
+
+/// What sealed request state is bound to: the principal.
+pub fn state_aad(principal: &str) -> String {
+    format!("mrtr\u{0}{principal}")
 }
 
 /// Sends `notifications/cancelled` for `client_id` to upstream `u` (a 2026-07-28 client closed
@@ -893,9 +1094,51 @@ pub async fn listen(
                 continue;
             };
             if !us.is_modern() {
-                // A legacy upstream's notifications come on a session GET stream, which this
-                // stream does not merge (yet): only the hub's own list_changed reaches it.
-                attached[u] = true;
+                // A legacy upstream: subscribe (within the hub-held session) to the URIs it
+                // serves, and merge that session's GET stream. One GET stream per upstream
+                // session: a second listen of the same principal and capabilities at once gets
+                // only the hub's own notifications from this upstream.
+                for uri in &filter.resource_subscriptions {
+                    if super::route::resolve_uri(w, session, uri).await.ok() != Some(u) {
+                        continue;
+                    }
+                    let known = session
+                        .state
+                        .lock()
+                        .subscriptions
+                        .iter()
+                        .any(|(su, s)| *su == u && s == uri);
+                    if !known {
+                        let mut body = br#"{"jsonrpc":"2.0","id":"mg-sub","method":"resources/subscribe","params":{"uri":"#.to_vec();
+                        mcp_wire::jsonrpc::push_json_str(&mut body, uri);
+                        body.extend_from_slice(b"}}");
+                        match upstream::request(
+                            &w.pool,
+                            w.upstream(u),
+                            us.replica,
+                            Some(&us),
+                            &body,
+                        )
+                        .await
+                        {
+                            Ok(_) => session.state.lock().subscriptions.push((u, uri.clone())),
+                            Err(e) => {
+                                tracing::debug!(upstream = %w.upstream(u).name, %uri, error = %e, "subscribing for a listen stream failed")
+                            }
+                        }
+                    }
+                }
+                match upstream::get_stream(&w.pool, w.upstream(u), &us, None).await {
+                    Ok(Some(c)) => {
+                        upstream::spawn_reader(c, u, tx.clone());
+                        attached[u] = true;
+                    }
+                    Ok(None) => attached[u] = true,
+                    Err(e) => {
+                        tracing::debug!(upstream = %w.upstream(u).name, error = %e, "upstream GET stream for a listen stream not opened; retrying later");
+                        retry_at[u] = Instant::now() + Duration::from_secs(1);
+                    }
+                }
                 continue;
             }
             match open_listen(w, u, &us, &env, filter).await {
@@ -1071,7 +1314,10 @@ pub async fn input_rounds(
             request_state: Option<&'a RawValue>,
         }
         let Ok(resp) = serde_json::from_slice::<Resp<'_>>(&current) else {
-            return fail(format!("upstream '{}' sent an unreadable input_required result", up.name));
+            return fail(format!(
+                "upstream '{}' sent an unreadable input_required result",
+                up.name
+            ));
         };
         let mut responses: Vec<(String, Bytes)> = Vec::new();
         let mut waiting = Vec::new();
@@ -1135,19 +1381,38 @@ pub async fn input_rounds(
         let Some(us) = us else {
             return fail(format!("upstream '{}' session is gone", up.name));
         };
-        current = match upstream::post(&w.pool, up, us.replica, Some(&us), &retry, upstream::Resend::IfUnsent).await {
+        current = match upstream::post(
+            &w.pool,
+            up,
+            us.replica,
+            Some(&us),
+            &retry,
+            upstream::Resend::IfUnsent,
+        )
+        .await
+        {
             Ok(upstream::Reply::Json { body, .. }) => body,
             Ok(upstream::Reply::Stream { conn, .. }) => {
                 match collect_response(w, em, session, u, us.generation, conn, client_id).await {
                     Some(b) => b,
-                    None => return fail(format!("upstream '{}' ended the stream without answering", up.name)),
+                    None => {
+                        return fail(format!(
+                            "upstream '{}' ended the stream without answering",
+                            up.name
+                        ))
+                    }
                 }
             }
-            Ok(upstream::Reply::Status(s)) => return fail(format!("upstream '{}' answered HTTP {s}", up.name)),
+            Ok(upstream::Reply::Status(s)) => {
+                return fail(format!("upstream '{}' answered HTTP {s}", up.name))
+            }
             Err(e) => return fail(format!("upstream '{}' failed: {e}", up.name)),
         };
     }
-    fail(format!("upstream '{}' asked for input more than 8 times", up.name))
+    fail(format!(
+        "upstream '{}' asked for input more than 8 times",
+        up.name
+    ))
 }
 
 /// A legacy client's answer that starts with an upstream's `input_required` JSON result: an SSE
@@ -1186,7 +1451,10 @@ async fn collect_response(
     let deadline = Instant::now() + up.request_timeout;
     loop {
         let left = deadline.saturating_duration_since(Instant::now());
-        let msg = monoio::time::timeout(left, rx.recv()).await.ok().flatten()?;
+        let msg = monoio::time::timeout(left, rx.recv())
+            .await
+            .ok()
+            .flatten()?;
         match msg {
             ((), ReaderMsg::Event(ev)) if ev.has_data && !ev.data.is_empty() => {
                 let (data, is_final) =

@@ -450,7 +450,7 @@ async fn sole_upstream(w: &Worker, session: &Arc<Session>, capability: &str) -> 
     found
 }
 
-async fn resolve_uri(
+pub(crate) async fn resolve_uri(
     w: &Rc<Worker>,
     session: &Arc<Session>,
     uri: &str,

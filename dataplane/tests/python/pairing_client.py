@@ -213,6 +213,20 @@ async def everything_checks(run: Run, client: Client, calls: dict[str, int], upd
 
     async def subscription() -> None:
         uri = "demo://resource/static/document/architecture.md"
+        if not client.protocol_version.startswith("2025-"):
+            # 2026-07-28 has no resources/subscribe: subscriptions/listen carries the updates.
+            async with client.listen(resource_subscriptions=[uri]) as sub:
+                honored = list((sub.honored.resource_subscriptions if sub.honored else None) or [])
+                need(uri in honored, f"listen ack did not honour {uri}: {sub.honored}")
+                await client.call_tool("toggle-subscriber-updates", {})
+                try:
+                    with anyio.fail_after(8):
+                        async for event in sub:
+                            if getattr(event, "uri", None) == uri:
+                                return
+                finally:
+                    await client.call_tool("toggle-subscriber-updates", {})
+            return
         await client.subscribe_resource(uri)
         n0 = len(updates)
         await client.call_tool("toggle-subscriber-updates", {})
