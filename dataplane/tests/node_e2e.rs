@@ -12,40 +12,9 @@
 
 mod support;
 
-use std::process::Command;
 use std::time::Duration;
 
 use support::*;
-
-fn node_server(script: &str, extra: &[&str]) -> (Proc, String) {
-    let (node, kit) = require_node_kit();
-    let mut cmd = Command::new(node);
-    cmd.current_dir(&kit)
-        .arg(script)
-        .args(["--port", "0"])
-        .args(extra);
-    let p = spawn_ready(cmd, "LISTENING ", Duration::from_secs(30));
-    let url = p.line.trim_start_matches("LISTENING ").trim().to_string();
-    (p, url)
-}
-
-fn run_node(args: &[&str], within: Duration) -> (bool, String) {
-    let (node, kit) = require_node_kit();
-    let out = Command::new("timeout")
-        .arg("--kill-after=5")
-        .arg(within.as_secs().to_string())
-        .arg(node)
-        .args(args)
-        .current_dir(&kit)
-        .output()
-        .expect("run node");
-    let text = format!(
-        "{}{}",
-        String::from_utf8_lossy(&out.stdout),
-        String::from_utf8_lossy(&out.stderr)
-    );
-    (out.status.success(), text)
-}
 
 /// Every check of `e2e-client.mjs` in hub mode (both upstreams). Each must pass, none may skip
 /// itself; a check added to the script must be added here.

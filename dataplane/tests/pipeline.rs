@@ -92,15 +92,6 @@ fn has_id(msgs: &[serde_json::Value], id: &str) -> bool {
         .any(|m| m["id"] == id && m.get("method").is_none())
 }
 
-fn node_server(script: &str) -> (Proc, String) {
-    let (node, kit) = require_node_kit();
-    let mut cmd = Command::new(node);
-    cmd.current_dir(&kit).arg(script).args(["--port", "0"]);
-    let p = spawn_ready(cmd, "LISTENING ", Duration::from_secs(30));
-    let url = p.line.trim_start_matches("LISTENING ").trim().to_string();
-    (p, url)
-}
-
 /// `initialize` declaring `capabilities`, then `notifications/initialized`.
 fn initialize_with(hub: &Hub, version: &str, capabilities: &str) -> String {
     let body = format!(
@@ -298,7 +289,7 @@ fn a_tools_call_is_not_sent_again_when_its_connection_breaks_after_the_write() {
 
 #[test]
 fn a_server_request_the_client_never_answers_gets_the_upstream_an_error() {
-    let (_fx, url) = node_server("fixture-server.mjs");
+    let (_fx, url) = node_server("fixture-server.mjs", &[]);
     let hub = start_hub(
         &format!("listen: 127.0.0.1:0\nworkers: 1\nsession:\n  pending_timeout: 1s\nupstreams:\n  - name: fx\n    url: {url}\n"),
         "auto",
@@ -344,7 +335,7 @@ fn a_server_request_the_client_never_answers_gets_the_upstream_an_error() {
 
 #[test]
 fn a_cancelled_call_ends_its_stream_at_once_with_no_response() {
-    let (_fx, url) = node_server("fixture-server.mjs");
+    let (_fx, url) = node_server("fixture-server.mjs", &[]);
     let hub = start_hub(
         &format!("listen: 127.0.0.1:0\nworkers: 1\nupstreams:\n  - name: fx\n    url: {url}\n"),
         "auto",
@@ -391,7 +382,7 @@ fn a_cancelled_call_ends_its_stream_at_once_with_no_response() {
 
 #[test]
 fn a_batch_whose_call_asks_the_client_for_sampling_is_answered_as_sse() {
-    let (_fx, url) = node_server("fixture-server.mjs");
+    let (_fx, url) = node_server("fixture-server.mjs", &[]);
     let hub = start_hub(
         &format!("listen: 127.0.0.1:0\nworkers: 1\nupstreams:\n  - name: fx\n    url: {url}\n"),
         "auto",

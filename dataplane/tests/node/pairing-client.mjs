@@ -5,7 +5,9 @@
 //
 // Usage:
 //   node pairing-client.mjs --sdk ts1|ts2 --url URL --target everything|py-modern
-//                           [--mode legacy|auto|pin] [--timeout-ms 60000] [--wire]
+//                           [--mode legacy|auto|pin] [--prefix P] [--timeout-ms 60000] [--wire]
+//   --prefix P: tool and prompt names behind the hub are P<name> (a hub federating several
+//     upstreams with a separator); resource URIs are never prefixed.
 //   --sdk ts1: always legacy (initialize + session). --sdk ts2: --mode pin (default: modern era pinned
 //     to 2026-07-28, no fallback), auto (server/discover probe, legacy fallback) or legacy.
 //   --target names the upstream behind URL (directly, or through the hub with prefixing off), which
@@ -38,6 +40,7 @@ try {
   process.exit(2);
 }
 const HARD_MS = Number(args['timeout-ms'] ?? 60000);
+const PREFIX = args.prefix ?? '';
 const REQ_MS = 10000;
 
 let passed = 0;
@@ -155,6 +158,17 @@ if (args.sdk === 'ts1') {
 sdk.listTools = () => client.listTools(undefined, { timeout: REQ_MS });
 sdk.listResources = () => client.listResources(undefined, { timeout: REQ_MS });
 sdk.listPrompts = () => client.listPrompts(undefined, { timeout: REQ_MS });
+// --prefix P: the target sits behind a hub that prefixes its tool and prompt names (several
+// upstreams); calls get the prefix, lists show only the target's items, without it.
+if (PREFIX) {
+  const call = sdk.call;
+  sdk.call = (name, a, opts) => call(PREFIX + name, a, opts);
+  const strip = (items) => items.filter((i) => i.name.startsWith(PREFIX)).map((i) => ({ ...i, name: i.name.slice(PREFIX.length) }));
+  const lt = sdk.listTools;
+  sdk.listTools = async () => { const r = await lt(); return { ...r, tools: strip(r.tools) }; };
+  const lp = sdk.listPrompts;
+  sdk.listPrompts = async () => { const r = await lp(); return { ...r, prompts: strip(r.prompts) }; };
+}
 
 // ---------------------------------------------------------------------------------------------
 const wantEra = args.mode === 'legacy' ? 'legacy' : args.mode === 'pin' ? 'modern' : args.target === 'py-modern' ? 'modern' : 'legacy';

@@ -547,3 +547,62 @@ pub fn assert_checks(out: &str, pass: &[&str], xfail: &[&str]) -> CheckReport {
     );
     r
 }
+
+/// Starts a script of the Node test kit that prints `LISTENING <url>` (with `--port 0`).
+pub fn node_server(script: &str, extra: &[&str]) -> (Proc, String) {
+    let (node, kit) = require_node_kit();
+    let mut cmd = Command::new(node);
+    cmd.current_dir(&kit)
+        .arg(script)
+        .args(["--port", "0"])
+        .args(extra);
+    let p = spawn_ready(cmd, "LISTENING ", Duration::from_secs(30));
+    let url = p.line.trim_start_matches("LISTENING ").trim().to_string();
+    (p, url)
+}
+
+/// Runs a script of the Node test kit to its end (bounded by `timeout`); returns whether it
+/// succeeded and its stdout + stderr.
+pub fn run_node(args: &[&str], within: Duration) -> (bool, String) {
+    let (node, kit) = require_node_kit();
+    run_bounded(Command::new(node).args(args).current_dir(&kit), within)
+}
+
+/// Runs `cmd` under `timeout --kill-after=5`; returns whether it succeeded and its output.
+pub fn run_bounded(cmd: &mut Command, within: Duration) -> (bool, String) {
+    let prog = cmd.get_program().to_owned();
+    let args: Vec<_> = cmd.get_args().map(|a| a.to_owned()).collect();
+    let mut t = Command::new("timeout");
+    t.arg("--kill-after=5")
+        .arg(within.as_secs().to_string())
+        .arg(prog)
+        .args(args);
+    if let Some(dir) = cmd.get_current_dir() {
+        t.current_dir(dir);
+    }
+    let out = t.output().expect("run a test program");
+    let text = format!(
+        "{}{}",
+        String::from_utf8_lossy(&out.stdout),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    (out.status.success(), text)
+}
+
+/// The Python test venv's interpreter (`dataplane/tests/python/bootstrap.sh` creates it from
+/// pinned, hashed requirements; it does nothing when the venv is current).
+pub fn require_python_kit() -> PathBuf {
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/python/bootstrap.sh");
+    let out = Command::new("bash")
+        .arg(&script)
+        .output()
+        .expect("run the python bootstrap");
+    assert!(
+        out.status.success(),
+        "the Python test kit could not be set up ({}): {}",
+        script.display(),
+        String::from_utf8_lossy(&out.stderr)
+    );
+    let stdout = String::from_utf8_lossy(&out.stdout);
+    PathBuf::from(stdout.lines().last().unwrap_or("").trim())
+}
