@@ -1,9 +1,9 @@
-//! `meshgate-control`: the small tokio + hyper service that will own the catalog (servers,
-//! endpoints, tools, zones), policies, approvals, the hash-chained signed audit log and edge
-//! enrollment (a small CA), and publish versioned snapshots that dataplanes watch.
+//! `meshgate-control`: the control plane of a meshgate fleet (DESIGN.md §2, §8).
 //!
-//! Not built yet: the hub runs from its config file alone and never calls the control plane on the
-//! request path (DESIGN.md §2, §8). This crate exists so the workspace layout is fixed.
+//! Off the request path: hubs serve from the last snapshot they hold and never wait on this
+//! service. Modules:
+//! - [`store`]: the storage trait and its SQL implementation (SQLite embedded, PostgreSQL HA).
+//! - [`interim`]: policy / approval / audit types until the shared `governance` crate lands.
 
-/// The version of the control-plane snapshot format this crate will publish.
-pub const SNAPSHOT_FORMAT_VERSION: u32 = 0;
+pub mod interim;
+pub mod store;

@@ -1,0 +1,2 @@
+//! `meshgate-control` binary (thin CLI over the `controlplane` library).
+fn main() {}
