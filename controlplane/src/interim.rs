@@ -196,7 +196,10 @@ fn signed_digest(rec: &AuditRecord) -> Result<[u8; 32], String> {
 }
 
 /// Signs a record in place (used by tests and by anything that plays a hub).
-pub fn sign_record(rec: &mut AuditRecord, key: &ed25519_dalek::SigningKey) -> Result<String, String> {
+pub fn sign_record(
+    rec: &mut AuditRecord,
+    key: &ed25519_dalek::SigningKey,
+) -> Result<String, String> {
     use ed25519_dalek::Signer as _;
     rec.sig = String::new();
     let d = signed_digest(rec)?;
@@ -306,9 +309,11 @@ mod tests {
         let ok = "max_loop_steps: 10\ntools:\n  - name: files__delete\n    requires_approval: true\n    approval_group: sre\napproval_groups:\n  - name: sre\n    members: [ops]\n";
         let p = Policy::parse(ok).unwrap();
         assert_eq!(p.group("sre").unwrap().members, vec!["ops"]);
-        assert!(Policy::parse("tools:\n  - name: x\n    approval_group: nope\n    requires_approval: true\n")
-            .unwrap_err()
-            .contains("tools[0].approval_group"));
+        assert!(Policy::parse(
+            "tools:\n  - name: x\n    approval_group: nope\n    requires_approval: true\n"
+        )
+        .unwrap_err()
+        .contains("tools[0].approval_group"));
         assert!(Policy::parse("bogus: 1").unwrap_err().contains("bogus"));
     }
 }

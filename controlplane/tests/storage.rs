@@ -12,7 +12,10 @@ fn server(name: &str, federate: bool) -> ServerRow {
         kind: "http".into(),
         zone: "dc1".into(),
         owner: "team-a".into(),
-        endpoints: vec!["http://10.0.0.1:3000/mcp".into(), "http://10.0.0.2:3000/mcp".into()],
+        endpoints: vec![
+            "http://10.0.0.1:3000/mcp".into(),
+            "http://10.0.0.2:3000/mcp".into(),
+        ],
         federate,
         version: Some("1.4.0".into()),
         updated_ms: 10,
@@ -62,7 +65,12 @@ async fn suite(s: &dyn Store) {
     assert_eq!(s.tool("files", "old_read").await.unwrap().unwrap(), retired);
     // hubs report tools: new ones arrive unapproved, known ones keep approval and lifecycle
     let new = s
-        .record_discovered("files", "1.5.0", &["read".into(), "write".into(), "old_read".into()], 20)
+        .record_discovered(
+            "files",
+            "1.5.0",
+            &["read".into(), "write".into(), "old_read".into()],
+            20,
+        )
         .await
         .unwrap();
     assert_eq!(new, 1);
@@ -72,14 +80,36 @@ async fn suite(s: &dyn Store) {
     let read = s.tool("files", "read").await.unwrap().unwrap();
     assert!(read.approved);
     assert_eq!(read.version, "1.5.0");
-    assert_eq!(s.tool("files", "old_read").await.unwrap().unwrap().lifecycle, "retired");
+    assert_eq!(
+        s.tool("files", "old_read")
+            .await
+            .unwrap()
+            .unwrap()
+            .lifecycle,
+        "retired"
+    );
     assert_eq!(s.tools(Some("files")).await.unwrap().len(), 3);
     s.put_tool(&tool("search", "query", false)).await.unwrap();
     assert_eq!(s.tools(None).await.unwrap().len(), 4);
 
-    s.put_zone(&ZoneRow { name: "dc1".into(), description: "first".into() }).await.unwrap();
-    s.put_zone(&ZoneRow { name: "dc1".into(), description: "main".into() }).await.unwrap();
-    s.put_zone(&ZoneRow { name: "site-7".into(), description: String::new() }).await.unwrap();
+    s.put_zone(&ZoneRow {
+        name: "dc1".into(),
+        description: "first".into(),
+    })
+    .await
+    .unwrap();
+    s.put_zone(&ZoneRow {
+        name: "dc1".into(),
+        description: "main".into(),
+    })
+    .await
+    .unwrap();
+    s.put_zone(&ZoneRow {
+        name: "site-7".into(),
+        description: String::new(),
+    })
+    .await
+    .unwrap();
     assert_eq!(s.zones().await.unwrap()[0].description, "main");
     assert!(s.delete_zone("site-7").await.unwrap());
     assert!(!s.delete_zone("site-7").await.unwrap());
@@ -87,13 +117,25 @@ async fn suite(s: &dyn Store) {
 
     assert!(s.delete_server("search").await.unwrap());
     assert!(!s.delete_server("search").await.unwrap());
-    assert_eq!(s.tools(None).await.unwrap().len(), 3, "tools of a deleted server go too");
+    assert_eq!(
+        s.tools(None).await.unwrap().len(),
+        3,
+        "tools of a deleted server go too"
+    );
 
     // --- policy ---
     assert!(s.policy().await.unwrap().is_none());
-    let r1 = s.put_policy("tools: []", &json!({"tools": []}), "alice", 30).await.unwrap();
+    let r1 = s
+        .put_policy("tools: []", &json!({"tools": []}), "alice", 30)
+        .await
+        .unwrap();
     let r2 = s
-        .put_policy("max_loop_steps: 5", &json!({"max_loop_steps": 5}), "bob", 31)
+        .put_policy(
+            "max_loop_steps: 5",
+            &json!({"max_loop_steps": 5}),
+            "bob",
+            31,
+        )
         .await
         .unwrap();
     assert_eq!((r1, r2), (1, 2));
@@ -150,7 +192,10 @@ async fn suite(s: &dyn Store) {
     s.put_api_key(&key).await.unwrap();
     let mut dup = key.clone();
     dup.id = "k2".into();
-    assert!(matches!(s.put_api_key(&dup).await, Err(StoreError::Conflict(_))));
+    assert!(matches!(
+        s.put_api_key(&dup).await,
+        Err(StoreError::Conflict(_))
+    ));
     assert_eq!(s.api_key_by_hash("h1").await.unwrap().unwrap(), key);
     assert!(s.api_key_by_hash("h2").await.unwrap().is_none());
     assert_eq!(s.api_keys().await.unwrap().len(), 1);
@@ -162,10 +207,21 @@ async fn suite(s: &dyn Store) {
     assert_eq!(s.edge("edge-1").await.unwrap().unwrap().state, "pending");
     s.put_enroll_token("t1", "edge-1", 1000).await.unwrap();
     s.put_enroll_token("t-old", "edge-1", 75).await.unwrap();
-    assert_eq!(s.take_enroll_token("t-old", 80).await.unwrap(), None, "expired");
+    assert_eq!(
+        s.take_enroll_token("t-old", 80).await.unwrap(),
+        None,
+        "expired"
+    );
     assert_eq!(s.take_enroll_token("nope", 80).await.unwrap(), None);
-    assert_eq!(s.take_enroll_token("t1", 80).await.unwrap().as_deref(), Some("edge-1"));
-    assert_eq!(s.take_enroll_token("t1", 81).await.unwrap(), None, "one time only");
+    assert_eq!(
+        s.take_enroll_token("t1", 80).await.unwrap().as_deref(),
+        Some("edge-1")
+    );
+    assert_eq!(
+        s.take_enroll_token("t1", 81).await.unwrap(),
+        None,
+        "one time only"
+    );
     let cert = EdgeCertRow {
         serial: "0a1b".into(),
         edge: "edge-1".into(),
@@ -181,7 +237,10 @@ async fn suite(s: &dyn Store) {
     rotated.serial = "0a1c".into();
     rotated.issued_ms = 95;
     s.put_edge_cert(&rotated).await.unwrap();
-    assert_eq!(s.edge_cert_by_key("kh").await.unwrap().unwrap().serial, "0a1c");
+    assert_eq!(
+        s.edge_cert_by_key("kh").await.unwrap().unwrap().serial,
+        "0a1c"
+    );
     assert_eq!(s.edge_certs(Some("edge-1")).await.unwrap().len(), 2);
     s.put_enroll_token("t2", "edge-1", 1000).await.unwrap();
     assert!(s.revoke_edge("edge-1", 100).await.unwrap());
@@ -195,9 +254,17 @@ async fn suite(s: &dyn Store) {
         .unwrap()
         .iter()
         .all(|c| c.revoked_ms == Some(100)));
-    assert_eq!(s.take_enroll_token("t2", 101).await.unwrap(), None, "revocation voids tokens");
+    assert_eq!(
+        s.take_enroll_token("t2", 101).await.unwrap(),
+        None,
+        "revocation voids tokens"
+    );
     s.put_edge("edge-1", 110).await.unwrap();
-    assert_eq!(s.edge("edge-1").await.unwrap().unwrap().state, "pending", "re-enrolment");
+    assert_eq!(
+        s.edge("edge-1").await.unwrap().unwrap().state,
+        "pending",
+        "re-enrolment"
+    );
     assert_eq!(s.edges().await.unwrap().len(), 1);
 
     // --- approvals ---
@@ -221,18 +288,33 @@ async fn suite(s: &dyn Store) {
     s.insert_approval(&appr("a2", 201, 10_000)).await.unwrap();
     s.insert_approval(&appr("a3", 202, 300)).await.unwrap();
     assert_eq!(s.approvals(Some("pending"), 10).await.unwrap().len(), 3);
-    assert_eq!(s.approvals(None, 2).await.unwrap()[0].id, "a3", "newest first, limited");
-    assert!(s.decide_approval("a1", "approved", "ops", "fine", 250).await.unwrap());
-    assert!(!s.decide_approval("a1", "rejected", "ops", "again", 251).await.unwrap());
+    assert_eq!(
+        s.approvals(None, 2).await.unwrap()[0].id,
+        "a3",
+        "newest first, limited"
+    );
+    assert!(s
+        .decide_approval("a1", "approved", "ops", "fine", 250)
+        .await
+        .unwrap());
+    assert!(!s
+        .decide_approval("a1", "rejected", "ops", "again", 251)
+        .await
+        .unwrap());
     assert!(
-        !s.decide_approval("a3", "approved", "ops", "late", 301).await.unwrap(),
+        !s.decide_approval("a3", "approved", "ops", "late", 301)
+            .await
+            .unwrap(),
         "past its deadline it cannot be approved"
     );
     let a1 = s.approval("a1").await.unwrap().unwrap();
     assert_eq!(a1.state, "approved");
     assert_eq!(a1.comment.as_deref(), Some("fine"));
     assert_eq!(a1.arguments["path"], "/srv/x");
-    assert_eq!(s.expire_approvals(301).await.unwrap(), vec!["a3".to_string()]);
+    assert_eq!(
+        s.expire_approvals(301).await.unwrap(),
+        vec!["a3".to_string()]
+    );
     assert!(s.expire_approvals(302).await.unwrap().is_empty());
     assert_eq!(s.approval("a3").await.unwrap().unwrap().state, "expired");
     assert_eq!(s.approvals(Some("pending"), 10).await.unwrap().len(), 1);
@@ -250,7 +332,9 @@ async fn suite(s: &dyn Store) {
         line: format!("{{\"seq\":{seq}}}"),
         hash: format!("{seq:064x}"),
     };
-    s.append_audit("hub-1", 0, &[row(1, "alice"), row(2, "bob")], "KEY").await.unwrap();
+    s.append_audit("hub-1", 0, &[row(1, "alice"), row(2, "bob")], "KEY")
+        .await
+        .unwrap();
     assert!(
         matches!(
             s.append_audit("hub-1", 0, &[row(1, "alice")], "KEY").await,
@@ -258,31 +342,52 @@ async fn suite(s: &dyn Store) {
         ),
         "a stale head is refused"
     );
-    s.append_audit("hub-1", 2, &[row(3, "alice")], "KEY").await.unwrap();
+    s.append_audit("hub-1", 2, &[row(3, "alice")], "KEY")
+        .await
+        .unwrap();
     let h = s.hub("hub-1").await.unwrap().unwrap();
-    assert_eq!((h.audit_seq, h.audit_hash.as_deref()), (3, Some(format!("{:064x}", 3).as_str())));
+    assert_eq!(
+        (h.audit_seq, h.audit_hash.as_deref()),
+        (3, Some(format!("{:064x}", 3).as_str()))
+    );
     assert_eq!(h.audit_key.as_deref(), Some("KEY"));
     let by_alice = s
-        .audit(&AuditFilter { principal: Some("alice".into()), ..Default::default() })
+        .audit(&AuditFilter {
+            principal: Some("alice".into()),
+            ..Default::default()
+        })
         .await
         .unwrap();
     assert_eq!(by_alice.iter().map(|r| r.seq).collect::<Vec<_>>(), [3, 1]);
     let chain = s.audit_chain("hub-1", 2, 10).await.unwrap();
     assert_eq!(chain.iter().map(|r| r.seq).collect::<Vec<_>>(), [2, 3]);
     let limited = s
-        .audit(&AuditFilter { hub: Some("hub-1".into()), limit: Some(1), ..Default::default() })
+        .audit(&AuditFilter {
+            hub: Some("hub-1".into()),
+            limit: Some(1),
+            ..Default::default()
+        })
         .await
         .unwrap();
     assert_eq!(limited.len(), 1);
 
     // --- hubs and KPIs ---
-    s.put_hub_report("hub-1", &json!({"sessions": 4}), 500).await.unwrap();
-    s.put_hub_report("hub-2", &json!({"sessions": 1}), 501).await.unwrap();
+    s.put_hub_report("hub-1", &json!({"sessions": 4}), 500)
+        .await
+        .unwrap();
+    s.put_hub_report("hub-2", &json!({"sessions": 1}), 501)
+        .await
+        .unwrap();
     let h = s.hub("hub-1").await.unwrap().unwrap();
     assert_eq!(h.report["sessions"], 4);
     assert_eq!(h.audit_seq, 3, "a report keeps the audit head");
     assert_eq!(s.hubs().await.unwrap().len(), 2);
-    let k = |ts, v| KpiSample { hub: "hub-1".into(), ts_ms: ts, name: "calls".into(), value: v };
+    let k = |ts, v| KpiSample {
+        hub: "hub-1".into(),
+        ts_ms: ts,
+        name: "calls".into(),
+        value: v,
+    };
     s.put_kpis(&[k(600, 1.0), k(700, 2.5)]).await.unwrap();
     let got = s.kpis(650).await.unwrap();
     assert_eq!(got, vec![k(700, 2.5)]);
@@ -292,13 +397,17 @@ async fn suite(s: &dyn Store) {
 async fn storage_suite_sqlite() {
     let dir = tempfile::tempdir().unwrap();
     let path = dir.path().join("control.db");
-    let s = SqlStore::connect(&format!("sqlite://{}", path.display())).await.unwrap();
+    let s = SqlStore::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
     assert_eq!(s.journal_mode().await.unwrap().as_deref(), Some("wal"));
     assert_eq!(s.schema_version().await.unwrap(), migrate::latest());
     suite(&s).await;
     drop(s);
     // Reopening migrates nothing and keeps the data.
-    let s = SqlStore::connect(&format!("sqlite://{}", path.display())).await.unwrap();
+    let s = SqlStore::connect(&format!("sqlite://{}", path.display()))
+        .await
+        .unwrap();
     assert_eq!(s.servers().await.unwrap().len(), 1);
     assert!(path.exists());
 }

@@ -87,12 +87,18 @@ impl Client {
     /// A client for `base` (`http://host:port` or `https://host:port`, an optional path prefix
     /// kept). `ca_pem` is the CA that signed the control plane's certificate (required for
     /// `https`); `token` is sent as `Authorization: Bearer`.
-    pub fn new(base: &str, ca_pem: Option<&[u8]>, token: Option<String>) -> Result<Self, HttpError> {
+    pub fn new(
+        base: &str,
+        ca_pem: Option<&[u8]>,
+        token: Option<String>,
+    ) -> Result<Self, HttpError> {
         let base = base.trim_end_matches('/').to_owned();
-        let uri: Uri = base.parse().map_err(|e: hyper::http::uri::InvalidUri| HttpError::Url {
-            url: base.clone(),
-            reason: e.to_string(),
-        })?;
+        let uri: Uri = base
+            .parse()
+            .map_err(|e: hyper::http::uri::InvalidUri| HttpError::Url {
+                url: base.clone(),
+                reason: e.to_string(),
+            })?;
         let tls = match uri.scheme_str() {
             Some("http") => None,
             Some("https") => {
@@ -100,9 +106,11 @@ impl Client {
                     url: base.clone(),
                     reason: "https needs the control plane's CA certificate (PEM)".into(),
                 })?;
-                Some(Arc::new(tls_config(ca).map_err(|reason| HttpError::Url {
-                    url: base.clone(),
-                    reason,
+                Some(Arc::new(tls_config(ca).map_err(|reason| {
+                    HttpError::Url {
+                        url: base.clone(),
+                        reason,
+                    }
                 })?))
             }
             _ => {
@@ -156,10 +164,12 @@ impl Client {
             url: url.to_owned(),
             reason,
         };
-        let uri: Uri = url.parse().map_err(|e: hyper::http::uri::InvalidUri| HttpError::Url {
-            url: url.to_owned(),
-            reason: e.to_string(),
-        })?;
+        let uri: Uri = url
+            .parse()
+            .map_err(|e: hyper::http::uri::InvalidUri| HttpError::Url {
+                url: url.to_owned(),
+                reason: e.to_string(),
+            })?;
         let host = uri.host().unwrap_or_default().to_owned();
         let port = uri
             .port_u16()
@@ -172,7 +182,10 @@ impl Client {
             .path_and_query()
             .map(|p| p.as_str().to_owned())
             .unwrap_or_else(|| "/".into());
-        let connect_host = host.trim_start_matches('[').trim_end_matches(']').to_owned();
+        let connect_host = host
+            .trim_start_matches('[')
+            .trim_end_matches(']')
+            .to_owned();
         let tcp = tokio::net::TcpStream::connect((connect_host.as_str(), port))
             .await
             .map_err(|e| io_err(format!("connect: {e}")))?;
@@ -212,7 +225,11 @@ impl Client {
     }
 }
 
-async fn send<T>(io: TokioIo<T>, req: Request<Full<Bytes>>, url: &str) -> Result<Response, HttpError>
+async fn send<T>(
+    io: TokioIo<T>,
+    req: Request<Full<Bytes>>,
+    url: &str,
+) -> Result<Response, HttpError>
 where
     T: tokio::io::AsyncRead + tokio::io::AsyncWrite + Unpin + Send + 'static,
 {

@@ -217,7 +217,12 @@ impl Snapshot {
         if !s.federate {
             return ToolVerdict::Hidden;
         }
-        match s.tools.iter().find(|t| t.name == tool).map(|t| &t.lifecycle) {
+        match s
+            .tools
+            .iter()
+            .find(|t| t.name == tool)
+            .map(|t| &t.lifecycle)
+        {
             None => ToolVerdict::Hidden,
             Some(Lifecycle::Active) => ToolVerdict::Active,
             Some(Lifecycle::Deprecated {
@@ -389,7 +394,10 @@ mod tests {
         let j = serde_json::to_value(&s).unwrap();
         assert_eq!(j["kill"]["active"][0]["scope"], "upstream");
         assert_eq!(j["kill"]["active"][0]["target"], "files");
-        assert_eq!(j["catalog"]["servers"][0]["tools"][2]["lifecycle"]["state"], "retired");
+        assert_eq!(
+            j["catalog"]["servers"][0]["tools"][2]["lifecycle"]["state"],
+            "retired"
+        );
         let back: Snapshot = serde_json::from_value(j).unwrap();
         assert_eq!(back, s);
     }

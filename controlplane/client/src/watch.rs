@@ -60,7 +60,10 @@ impl std::fmt::Debug for WatchConfig {
         f.debug_struct("WatchConfig")
             .field("url", &self.url)
             .field("state_dir", &self.state_dir)
-            .field("trusted_key", &self.trusted_key.as_ref().map(verify::key_id))
+            .field(
+                "trusted_key",
+                &self.trusted_key.as_ref().map(verify::key_id),
+            )
             .field("token", &self.token.as_ref().map(|_| "<set>"))
             .field("hub_id", &self.hub_id)
             .finish()
@@ -454,11 +457,7 @@ impl Task {
             wait.as_millis(),
             urlencode(&self.cfg.hub_id)
         );
-        let resp = match self
-            .client
-            .get(&path, wait + Duration::from_secs(10))
-            .await
-        {
+        let resp = match self.client.get(&path, wait + Duration::from_secs(10)).await {
             Ok(r) => r,
             Err(e) => {
                 self.fail(format!("{e}"));
@@ -469,7 +468,10 @@ impl Task {
             204 => true,
             200 => self.offer(resp.body, &key),
             s => {
-                self.fail(format!("watch answered HTTP {s}: {}", truncate(&resp.text())));
+                self.fail(format!(
+                    "watch answered HTTP {s}: {}",
+                    truncate(&resp.text())
+                ));
                 false
             }
         }

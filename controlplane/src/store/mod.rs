@@ -376,8 +376,7 @@ pub trait Store: Send + Sync + 'static {
     /// All edges.
     async fn edges(&self) -> StoreResult<Vec<EdgeRow>>;
     /// Stores a one-time enrollment token (its hash) for an edge.
-    async fn put_enroll_token(&self, hash: &str, edge: &str, expires_ms: i64)
-        -> StoreResult<()>;
+    async fn put_enroll_token(&self, hash: &str, edge: &str, expires_ms: i64) -> StoreResult<()>;
     /// Consumes a token: returns the edge name if the token existed, was unused and not expired,
     /// and marks it used (atomically: a token works once).
     async fn take_enroll_token(&self, hash: &str, now_ms: i64) -> StoreResult<Option<String>>;

@@ -290,7 +290,8 @@ fn hub_row(r: &sqlx::any::AnyRow) -> StoreResult<HubRow> {
     })
 }
 
-const APPROVAL_COLS: &str = "id, hub, upstream, tool, arguments, principal, reason, approval_group, \
+const APPROVAL_COLS: &str =
+    "id, hub, upstream, tool, arguments, principal, reason, approval_group, \
      state, created_ms, expires_ms, decided_ms, decided_by, comment";
 const AUDIT_COLS: &str = "hub, seq, ts_ms, kind, principal, upstream, tool, outcome, line, hash";
 
@@ -596,9 +597,8 @@ impl Store for SqlStore {
     async fn insert_snapshot(&self, s: &SnapshotRow) -> StoreResult<()> {
         let text = String::from_utf8(s.envelope.clone())
             .map_err(|e| StoreError::Db(format!("snapshot envelope is not UTF-8: {e}")))?;
-        let sql = self.q(
-            "INSERT INTO snapshots (version, sha256, envelope, created_ms) VALUES (?, ?, ?, ?)",
-        );
+        let sql = self
+            .q("INSERT INTO snapshots (version, sha256, envelope, created_ms) VALUES (?, ?, ?, ?)");
         sqlx::query(&sql)
             .bind(s.version)
             .bind(&s.sha256)
@@ -619,9 +619,10 @@ impl Store for SqlStore {
     }
 
     async fn snapshot(&self, version: i64) -> StoreResult<Option<SnapshotRow>> {
-        let row = sqlx::query(&self.q(
-            "SELECT version, sha256, envelope, created_ms FROM snapshots WHERE version = ?",
-        ))
+        let row = sqlx::query(
+            &self
+                .q("SELECT version, sha256, envelope, created_ms FROM snapshots WHERE version = ?"),
+        )
         .bind(version)
         .fetch_optional(&self.pool)
         .await?;
@@ -707,12 +708,7 @@ impl Store for SqlStore {
             .collect()
     }
 
-    async fn put_enroll_token(
-        &self,
-        hash: &str,
-        edge: &str,
-        expires_ms: i64,
-    ) -> StoreResult<()> {
+    async fn put_enroll_token(&self, hash: &str, edge: &str, expires_ms: i64) -> StoreResult<()> {
         let sql = self.q(
             "INSERT INTO enroll_tokens (hash, edge, expires_ms, used_ms) VALUES (?, ?, ?, NULL)",
         );
@@ -762,9 +758,9 @@ impl Store for SqlStore {
         .bind(c.issued_ms)
         .execute(&mut *tx)
         .await?;
-        sqlx::query(&self.q(
-            "UPDATE edges SET state = 'enrolled' WHERE name = ? AND state <> 'revoked'",
-        ))
+        sqlx::query(
+            &self.q("UPDATE edges SET state = 'enrolled' WHERE name = ? AND state <> 'revoked'"),
+        )
         .bind(&c.edge)
         .execute(&mut *tx)
         .await?;
@@ -773,21 +769,22 @@ impl Store for SqlStore {
     }
 
     async fn edge_certs(&self, edge: Option<&str>) -> StoreResult<Vec<EdgeCertRow>> {
-        let rows = match edge {
-            Some(e) => {
-                sqlx::query(&self.q(
-                    "SELECT * FROM edge_certs WHERE edge = ? ORDER BY issued_ms DESC, serial",
-                ))
-                .bind(e)
-                .fetch_all(&self.pool)
-                .await?
-            }
-            None => {
-                sqlx::query("SELECT * FROM edge_certs ORDER BY issued_ms DESC, serial")
+        let rows =
+            match edge {
+                Some(e) => {
+                    sqlx::query(&self.q(
+                        "SELECT * FROM edge_certs WHERE edge = ? ORDER BY issued_ms DESC, serial",
+                    ))
+                    .bind(e)
                     .fetch_all(&self.pool)
                     .await?
-            }
-        };
+                }
+                None => {
+                    sqlx::query("SELECT * FROM edge_certs ORDER BY issued_ms DESC, serial")
+                        .fetch_all(&self.pool)
+                        .await?
+                }
+            };
         rows.iter().map(cert_row).collect()
     }
 
@@ -806,24 +803,24 @@ impl Store for SqlStore {
 
     async fn revoke_edge(&self, name: &str, now_ms: i64) -> StoreResult<bool> {
         let mut tx = self.pool.begin().await?;
-        let n = sqlx::query(&self.q(
-            "UPDATE edges SET state = 'revoked', revoked_ms = ? WHERE name = ?",
-        ))
+        let n = sqlx::query(
+            &self.q("UPDATE edges SET state = 'revoked', revoked_ms = ? WHERE name = ?"),
+        )
         .bind(now_ms)
         .bind(name)
         .execute(&mut *tx)
         .await?
         .rows_affected();
-        sqlx::query(&self.q(
-            "UPDATE edge_certs SET revoked_ms = ? WHERE edge = ? AND revoked_ms IS NULL",
-        ))
+        sqlx::query(
+            &self.q("UPDATE edge_certs SET revoked_ms = ? WHERE edge = ? AND revoked_ms IS NULL"),
+        )
         .bind(now_ms)
         .bind(name)
         .execute(&mut *tx)
         .await?;
-        sqlx::query(&self.q(
-            "UPDATE enroll_tokens SET used_ms = ? WHERE edge = ? AND used_ms IS NULL",
-        ))
+        sqlx::query(
+            &self.q("UPDATE enroll_tokens SET used_ms = ? WHERE edge = ? AND used_ms IS NULL"),
+        )
         .bind(now_ms)
         .bind(name)
         .execute(&mut *tx)
@@ -921,9 +918,9 @@ impl Store for SqlStore {
 
     async fn expire_approvals(&self, now_ms: i64) -> StoreResult<Vec<String>> {
         let mut tx = self.pool.begin().await?;
-        let rows = sqlx::query(&self.q(
-            "SELECT id FROM approvals WHERE state = 'pending' AND expires_ms <= ?",
-        ))
+        let rows = sqlx::query(
+            &self.q("SELECT id FROM approvals WHERE state = 'pending' AND expires_ms <= ?"),
+        )
         .bind(now_ms)
         .fetch_all(&mut *tx)
         .await?;

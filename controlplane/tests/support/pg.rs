@@ -85,7 +85,15 @@ impl Pg {
         let out = command(&bin.join("initdb"))
             .args(["-D"])
             .arg(&data)
-            .args(["-U", "postgres", "--auth=trust", "-E", "UTF8", "--no-sync", "--no-instructions"])
+            .args([
+                "-U",
+                "postgres",
+                "--auth=trust",
+                "-E",
+                "UTF8",
+                "--no-sync",
+                "--no-instructions",
+            ])
             .output()
             .expect("run initdb");
         assert!(
@@ -101,7 +109,14 @@ impl Pg {
             .arg(&data)
             .args(["-p", &port.to_string(), "-h", "127.0.0.1", "-k"])
             .arg(dir.path())
-            .args(["-c", "fsync=off", "-c", "synchronous_commit=off", "-c", "full_page_writes=off"])
+            .args([
+                "-c",
+                "fsync=off",
+                "-c",
+                "synchronous_commit=off",
+                "-c",
+                "full_page_writes=off",
+            ])
             .stdout(Stdio::null())
             .stderr(log)
             .spawn()
@@ -138,14 +153,24 @@ impl Pg {
         let deadline = Instant::now() + Duration::from_secs(30);
         loop {
             let out = Command::new(bin.join("psql"))
-                .args(["-h", "127.0.0.1", "-p", &self.port.to_string(), "-U", "postgres"])
+                .args([
+                    "-h",
+                    "127.0.0.1",
+                    "-p",
+                    &self.port.to_string(),
+                    "-U",
+                    "postgres",
+                ])
                 .args(["-d", "postgres", "-v", "ON_ERROR_STOP=1", "-c"])
                 .arg(format!("CREATE DATABASE {db}"))
                 .output();
             match out {
                 Ok(o) if o.status.success() => return,
                 Ok(o) if Instant::now() > deadline => {
-                    panic!("CREATE DATABASE {db}: {}", String::from_utf8_lossy(&o.stderr))
+                    panic!(
+                        "CREATE DATABASE {db}: {}",
+                        String::from_utf8_lossy(&o.stderr)
+                    )
                 }
                 Err(e) => panic!("run psql: {e}"),
                 _ => std::thread::sleep(Duration::from_millis(100)),
