@@ -2,4 +2,5 @@
 //! ([`control`]).
 #![allow(dead_code, unreachable_pub)]
 
+pub mod control;
 pub mod pg;
