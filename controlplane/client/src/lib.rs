@@ -8,6 +8,8 @@
 //! - [`watch`]: [`Watcher`], one thread with a small tokio runtime that long-polls
 //!   `GET /v1/snapshots/watch`, verifies, saves the last good snapshot atomically on disk, and
 //!   publishes it on a runtime-agnostic `tokio::sync::watch` channel.
+//! - `enroll` (feature `enroll`): the edge agent's half of enrollment (key + CSR locally,
+//!   certificate from the control plane, renewal).
 //! - [`http`]: the minimal HTTP/1.1 (+ rustls) client both the watcher and the `meshgate-control`
 //!   CLI use.
 //!
@@ -80,6 +82,8 @@
 //!
 //! The `tests/hub_follow.rs` test of this crate plays that hub against a real `meshgate-control`.
 
+#[cfg(feature = "enroll")]
+pub mod enroll;
 pub mod http;
 pub mod snapshot;
 pub mod verify;
