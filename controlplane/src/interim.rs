@@ -207,14 +207,17 @@ pub fn sign_record(
     serde_json::to_string(rec).map_err(|e| e.to_string())
 }
 
+/// A chain head: the last record's seq and the hash of its line.
+pub type ChainHead = (u64, String);
+
 /// Checks `lines` continue a chain whose last record had `head` (`(seq, line hash)`, `None` for a
 /// new chain), each signed by `key`. Returns the parsed records and the new head, or names the
 /// first bad line.
 pub fn verify_chain(
-    head: Option<(u64, String)>,
+    head: Option<ChainHead>,
     lines: &[String],
     key: &VerifyingKey,
-) -> Result<(Vec<AuditRecord>, Option<(u64, String)>), String> {
+) -> Result<(Vec<AuditRecord>, Option<ChainHead>), String> {
     let (mut seq, mut prev) = head.unwrap_or((0, GENESIS.to_owned()));
     let mut out = Vec::with_capacity(lines.len());
     for (i, line) in lines.iter().enumerate() {

@@ -6,6 +6,8 @@
 //! bearer tokens against a JWKS served by a small test issuer (written here), HTTPS, the
 //! loopback-only rule for plain HTTP, hub reports and KPI series.
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::io::Read as _;

@@ -6,6 +6,8 @@
 //! watching hub in the next snapshot (the hub side, played here, drops the link), voids renewal,
 //! and a new token re-enrolls.
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::convert::Infallible;

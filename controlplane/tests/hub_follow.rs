@@ -5,6 +5,8 @@
 //! line and a counter, the old snapshot kept), and two control planes on one PostgreSQL (a change
 //! made on one reaches a hub watching the other).
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use std::io::{Read as _, Write as _};

@@ -1,6 +1,8 @@
 //! One storage suite, run unchanged against SQLite (a file in a temp dir, WAL) and a real
 //! PostgreSQL server this test starts (Debian `postgresql` package, see `support/pg.rs`).
 
+#![allow(clippy::unwrap_used)]
+
 mod support;
 
 use controlplane::store::*;
