@@ -190,8 +190,9 @@ impl Auth {
         }
     }
 
-    /// Makes sure the bootstrap admin key exists in the store (idempotent).
-    pub async fn ensure_bootstrap(&self, key: &str) -> Result<(), ApiError> {
+    /// Makes sure a bootstrap key (admin, or hub for the fleet's hubs) exists in the store
+    /// (idempotent).
+    pub async fn ensure_bootstrap(&self, key: &str, role: Role) -> Result<(), ApiError> {
         if !key.starts_with(KEY_PREFIX) || key.len() < KEY_PREFIX.len() + 20 {
             return Err(ApiError::bad_request(format!(
                 "bootstrap key must start with {KEY_PREFIX} and hold at least 20 more characters"
@@ -202,8 +203,8 @@ impl Auth {
             self.store
                 .put_api_key(&ApiKeyRow {
                     id: format!("bootstrap-{}", &hash[..8]),
-                    name: "bootstrap-admin".into(),
-                    role: "admin".into(),
+                    name: format!("bootstrap-{}", role.as_str()),
+                    role: role.as_str().into(),
                     groups: vec![],
                     hash,
                     created_ms: crate::store::sql::now_ms(),

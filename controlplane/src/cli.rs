@@ -127,10 +127,12 @@ struct ServeArgs {
     /// Database URL: sqlite://PATH (default <data>/control.db) or postgres://user:pw@host/db.
     #[arg(long, env = "MESHGATE_CONTROL_DB", hide_env_values = true)]
     db: Option<String>,
-    /// Snapshot signing key (Ed25519 PKCS#8 PEM; created if missing).
+    /// Snapshot signing key file (Ed25519 PKCS#8 PEM; created if missing). Default: the
+    /// database keyring, shared by every replica on one database.
     #[arg(long)]
     signing_key: Option<PathBuf>,
-    /// Edge CA certificate (created with its key if both are missing).
+    /// Edge CA certificate file (created with its key if both are missing). Default: the
+    /// database keyring.
     #[arg(long)]
     edge_ca: Option<PathBuf>,
     /// Edge CA key.
@@ -145,6 +147,9 @@ struct ServeArgs {
     /// TLS private key (PEM).
     #[arg(long)]
     tls_key: Option<PathBuf>,
+    /// Allow plain HTTP on a non-loopback address (only behind a TLS-terminating proxy or mesh).
+    #[arg(long)]
+    allow_plain_http: bool,
     /// OIDC issuer (`iss`) whose bearer tokens are accepted.
     #[arg(long)]
     oidc_issuer: Option<String>,
@@ -536,6 +541,7 @@ async fn serve(a: ServeArgs) -> anyhow::Result<()> {
         .filter(|s| !s.is_empty());
     cfg.tls_cert = a.tls_cert;
     cfg.tls_key = a.tls_key;
+    cfg.allow_plain_http = a.allow_plain_http;
     cfg.oidc = match (a.oidc_issuer, a.oidc_jwks) {
         (Some(issuer), Some(jwks_url)) => Some(OidcConfig {
             issuer,

@@ -24,6 +24,24 @@ pub fn write_public(path: &Path, bytes: &[u8]) -> Result<(), String> {
     write(path, bytes, 0o644)
 }
 
+/// A new Ed25519 signing key as PKCS#8 PEM.
+pub fn new_signing_key_pem() -> Result<String, String> {
+    use ed25519_dalek::pkcs8::EncodePrivateKey as _;
+    let mut seed = [0u8; 32];
+    getrandom::fill(&mut seed).map_err(|e| format!("random: {e}"))?;
+    let key = ed25519_dalek::SigningKey::from_bytes(&seed);
+    key.to_pkcs8_pem(Default::default())
+        .map(|p| p.to_string())
+        .map_err(|e| format!("encode key: {e}"))
+}
+
+/// Parses an Ed25519 PKCS#8 PEM key.
+pub fn parse_signing_key(pem: &str, what: &str) -> Result<ed25519_dalek::SigningKey, String> {
+    use ed25519_dalek::pkcs8::DecodePrivateKey as _;
+    ed25519_dalek::SigningKey::from_pkcs8_pem(pem)
+        .map_err(|e| format!("{what}: not an Ed25519 PKCS#8 PEM key: {e}"))
+}
+
 /// Loads the Ed25519 snapshot signing key (PKCS#8 PEM), creating it (0600) when missing.
 pub fn load_or_create_signing_key(path: &Path) -> Result<ed25519_dalek::SigningKey, String> {
     use ed25519_dalek::pkcs8::{DecodePrivateKey as _, EncodePrivateKey as _};

@@ -64,21 +64,22 @@ impl EdgeCa {
                 std::fs::read_to_string(key).map_err(|e| err(&key.display().to_string(), e))?;
             return EdgeCa::from_pem(&cert_pem, &key_pem);
         }
+        let (cert_pem, key_pem) = EdgeCa::generate_pem()?;
+        crate::files::write_secret(key, key_pem.as_bytes())?;
+        crate::files::write_public(cert, cert_pem.as_bytes())?;
+        tracing::info!(cert = %cert.display(), "edge CA created");
+        EdgeCa::from_pem(&cert_pem, &key_pem)
+    }
+
+    /// A new CA as (certificate PEM, key PEM).
+    pub fn generate_pem() -> Result<(String, String), String> {
         let key_pair = KeyPair::generate().map_err(|e| err("generate CA key", e))?;
         let mut dn = DistinguishedName::new();
         dn.push(DnType::CommonName, "meshgate-control edge CA");
         let c = ca_params(dn)
             .self_signed(&key_pair)
             .map_err(|e| err("self-sign CA", e))?;
-        crate::files::write_secret(key, key_pair.serialize_pem().as_bytes())?;
-        crate::files::write_public(cert, c.pem().as_bytes())?;
-        tracing::info!(cert = %cert.display(), "edge CA created");
-        let cert_pem = c.pem();
-        Ok(EdgeCa {
-            cert: c,
-            key: key_pair,
-            cert_pem,
-        })
+        Ok((c.pem(), key_pair.serialize_pem()))
     }
 
     /// The CA from PEM (an existing tunnel CA works: same subject and key, re-signed in memory as

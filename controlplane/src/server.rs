@@ -28,16 +28,18 @@ pub struct ServeConfig {
     pub data_dir: PathBuf,
     /// Database URL (default `sqlite://<data>/control.db`).
     pub db: Option<String>,
-    /// Snapshot signing key (default `<data>/signing.key`; share it between HA instances).
+    /// Snapshot signing key file (default: kept in the database keyring, shared by replicas).
     pub signing_key: Option<PathBuf>,
-    /// Edge CA certificate (default `<data>/edge-ca.pem`).
+    /// Edge CA certificate file (default: kept in the database keyring).
     pub edge_ca: Option<PathBuf>,
-    /// Edge CA key (default `<data>/edge-ca-key.pem`).
+    /// Edge CA key file.
     pub edge_ca_key: Option<PathBuf>,
     /// Bootstrap admin key file (default `<data>/admin.key`, created when missing).
     pub bootstrap_key_file: Option<PathBuf>,
     /// Bootstrap admin key given directly (env `MESHGATE_CONTROL_ADMIN_KEY`).
     pub bootstrap_key: Option<String>,
+    /// Bootstrap key with role `hub` for the hubs (env `MESHGATE_CONTROL_HUB_KEY`).
+    pub bootstrap_hub_key: Option<String>,
     /// TLS certificate chain (PEM).
     pub tls_cert: Option<PathBuf>,
     /// TLS key (PEM).
@@ -46,6 +48,8 @@ pub struct ServeConfig {
     pub oidc: Option<OidcConfig>,
     /// Audit export sinks.
     pub audit_export: Vec<Sink>,
+    /// Serve plain HTTP on a non-loopback address (behind a TLS-terminating proxy or mesh).
+    pub allow_plain_http: bool,
     /// Handler settings.
     pub settings: Settings,
 }
@@ -62,10 +66,12 @@ impl ServeConfig {
             edge_ca_key: None,
             bootstrap_key_file: None,
             bootstrap_key: None,
+            bootstrap_hub_key: None,
             tls_cert: None,
             tls_key: None,
             oidc: None,
             audit_export: vec![],
+            allow_plain_http: false,
             settings: Settings::default(),
         }
     }
@@ -88,20 +94,41 @@ pub async fn build(cfg: &ServeConfig) -> anyhow::Result<Arc<App>> {
         tracing::info!(db = %redact(&db), "database open (PostgreSQL)");
     }
     let store: Arc<dyn Store> = Arc::new(store);
-    let key_path = cfg
-        .signing_key
-        .clone()
-        .unwrap_or_else(|| cfg.data_dir.join("signing.key"));
-    let key = crate::files::load_or_create_signing_key(&key_path).map_err(anyhow::Error::msg)?;
-    let ca = EdgeCa::load_or_create(
-        &cfg.edge_ca
-            .clone()
-            .unwrap_or_else(|| cfg.data_dir.join("edge-ca.pem")),
-        &cfg.edge_ca_key
-            .clone()
-            .unwrap_or_else(|| cfg.data_dir.join("edge-ca-key.pem")),
-    )
-    .map_err(anyhow::Error::msg)?;
+    // Key material: files when given (e.g. mounted from a Secret), else the database keyring,
+    // which every replica on one PostgreSQL shares (the first one to start creates it).
+    let key = match &cfg.signing_key {
+        Some(path) => crate::files::load_or_create_signing_key(path).map_err(anyhow::Error::msg)?,
+        None => {
+            let candidate = crate::files::new_signing_key_pem().map_err(anyhow::Error::msg)?;
+            let pem = store
+                .keyring_put_if_absent(
+                    "snapshot-signing-key",
+                    &candidate,
+                    crate::store::sql::now_ms(),
+                )
+                .await?;
+            crate::files::parse_signing_key(&pem, "keyring snapshot-signing-key")
+                .map_err(anyhow::Error::msg)?
+        }
+    };
+    let ca = match (&cfg.edge_ca, &cfg.edge_ca_key) {
+        (Some(c), Some(k)) => EdgeCa::load_or_create(c, k).map_err(anyhow::Error::msg)?,
+        (None, None) => {
+            let (c, k) = EdgeCa::generate_pem().map_err(anyhow::Error::msg)?;
+            let candidate = serde_json::json!({"cert": c, "key": k}).to_string();
+            let stored = store
+                .keyring_put_if_absent("edge-ca", &candidate, crate::store::sql::now_ms())
+                .await?;
+            let v: serde_json::Value =
+                serde_json::from_str(&stored).context("keyring edge-ca is not JSON")?;
+            EdgeCa::from_pem(
+                v["cert"].as_str().unwrap_or_default(),
+                v["key"].as_str().unwrap_or_default(),
+            )
+            .map_err(anyhow::Error::msg)?
+        }
+        _ => anyhow::bail!("--edge-ca and --edge-ca-key go together"),
+    };
     let auth = Auth::new(store.clone(), cfg.oidc.clone());
     let bootstrap = match &cfg.bootstrap_key {
         Some(k) => k.trim().to_owned(),
@@ -123,9 +150,14 @@ pub async fn build(cfg: &ServeConfig) -> anyhow::Result<Arc<App>> {
             }
         }
     };
-    auth.ensure_bootstrap(&bootstrap)
+    auth.ensure_bootstrap(&bootstrap, crate::auth::Role::Admin)
         .await
         .map_err(|e| anyhow::anyhow!("bootstrap key: {}", e.message))?;
+    if let Some(k) = &cfg.bootstrap_hub_key {
+        auth.ensure_bootstrap(k.trim(), crate::auth::Role::Hub)
+            .await
+            .map_err(|e| anyhow::anyhow!("bootstrap hub key: {}", e.message))?;
+    }
     let publisher = Publisher::new(store.clone(), key);
     publisher
         .init()
@@ -221,10 +253,14 @@ pub async fn serve(cfg: ServeConfig) -> anyhow::Result<()> {
         _ => anyhow::bail!("--tls-cert and --tls-key go together"),
     };
     if tls.is_none() && !cfg.listen.ip().is_loopback() {
-        anyhow::bail!(
-            "refusing plain HTTP on {} (not loopback): pass --tls-cert and --tls-key",
-            cfg.listen
-        );
+        if !cfg.allow_plain_http {
+            anyhow::bail!(
+                "refusing plain HTTP on {} (not loopback): pass --tls-cert and --tls-key \
+                 (or --allow-plain-http behind a TLS-terminating proxy)",
+                cfg.listen
+            );
+        }
+        tracing::warn!(listen = %cfg.listen, "plain HTTP on a non-loopback address (--allow-plain-http): credentials travel unencrypted unless a proxy or mesh encrypts them");
     }
     let app = build(&cfg).await?;
     spawn_background(&app);

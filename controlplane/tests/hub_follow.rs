@@ -466,13 +466,29 @@ async fn two_control_planes_on_one_postgres_serve_the_same_snapshots() {
     let pg = support::pg::Pg::start();
     pg.create_db("ha");
     let tmp = tempfile::tempdir().unwrap();
-    // HA instances share the signing key and the edge CA (in Kubernetes: one Secret).
+    // HA instances share the signing key and the edge CA through the database keyring.
     let a = Control::start(&tmp.path().join("a"), &["--db", &pg.url("ha")]);
-    for f in ["signing.key", "edge-ca.pem", "edge-ca-key.pem"] {
-        std::fs::create_dir_all(tmp.path().join("b")).unwrap();
-        std::fs::copy(tmp.path().join("a").join(f), tmp.path().join("b").join(f)).unwrap();
-    }
     let b = Control::start(&tmp.path().join("b"), &["--db", &pg.url("ha")]);
+    assert_eq!(
+        a.admin().get("/v1/snapshots/key").await,
+        b.admin().get("/v1/snapshots/key").await,
+        "one signing key"
+    );
+    assert_eq!(
+        a.client(None)
+            .c
+            .get("/v1/edges/ca", Duration::from_secs(5))
+            .await
+            .unwrap()
+            .body,
+        b.client(None)
+            .c
+            .get("/v1/edges/ca", Duration::from_secs(5))
+            .await
+            .unwrap()
+            .body,
+        "one edge CA"
+    );
     let token = hub_key(&a.admin()).await;
     let w = watcher(&b.url, &tmp.path().join("hub"), &token, "hub-ha");
     let v = latest(&b.admin()).await;

@@ -373,6 +373,16 @@ async fn suite(s: &dyn Store) {
         .unwrap();
     assert_eq!(limited.len(), 1);
 
+    // --- keyring: the first value wins, later ones get it back ---
+    assert_eq!(
+        s.keyring_put_if_absent("signing", "one", 1).await.unwrap(),
+        "one"
+    );
+    assert_eq!(
+        s.keyring_put_if_absent("signing", "two", 2).await.unwrap(),
+        "one"
+    );
+
     // --- hubs and KPIs ---
     s.put_hub_report("hub-1", &json!({"sessions": 4}), 500)
         .await

@@ -64,6 +64,11 @@ pub const MIGRATIONS: &[(i64, &str, &[&str])] = &[
             "CREATE INDEX kpi_ts ON kpi_samples (ts_ms)",
         ],
     ),
+    (
+        4,
+        "keyring shared by control-plane replicas",
+        &["CREATE TABLE keyring (name TEXT PRIMARY KEY, value TEXT NOT NULL, created_ms BIGINT NOT NULL)"],
+    ),
 ];
 
 /// The newest schema version this binary knows.

@@ -424,6 +424,16 @@ pub trait Store: Send + Sync + 'static {
     async fn audit_chain(&self, hub: &str, from_seq: i64, limit: i64)
         -> StoreResult<Vec<AuditRow>>;
 
+    // --- keyring ---
+    /// Stores `value` under `name` unless a value exists; returns the stored value (ours, or the
+    /// one another replica stored first).
+    async fn keyring_put_if_absent(
+        &self,
+        name: &str,
+        value: &str,
+        now_ms: i64,
+    ) -> StoreResult<String>;
+
     // --- hubs and KPIs ---
     /// Stores a hub's report (creating the hub).
     async fn put_hub_report(

@@ -111,19 +111,20 @@ impl SqlStore {
 
     async fn migrate(&self) -> StoreResult<()> {
         let mut conn = self.pool.acquire().await?;
-        sqlx::query(
-            "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, \
-             name TEXT NOT NULL, applied_ms BIGINT NOT NULL)",
-        )
-        .execute(&mut *conn)
-        .await?;
         if self.backend == Backend::Postgres {
-            // Several control planes starting at once: one migrates, the others wait.
+            // Several control planes starting at once: one migrates, the others wait (even the
+            // CREATE ... IF NOT EXISTS below races in PostgreSQL's catalog otherwise).
             sqlx::query("SELECT 1 AS ok FROM (SELECT pg_advisory_lock(720412)) AS l")
                 .execute(&mut *conn)
                 .await?;
         }
         let result = async {
+            sqlx::query(
+                "CREATE TABLE IF NOT EXISTS schema_migrations (version BIGINT PRIMARY KEY, \
+                 name TEXT NOT NULL, applied_ms BIGINT NOT NULL)",
+            )
+            .execute(&mut *conn)
+            .await?;
             let row = sqlx::query("SELECT COALESCE(MAX(version), 0) AS v FROM schema_migrations")
                 .fetch_one(&mut *conn)
                 .await?;
@@ -1055,6 +1056,29 @@ impl Store for SqlStore {
         .iter()
         .map(audit_row)
         .collect()
+    }
+
+    // === keyring ===
+
+    async fn keyring_put_if_absent(
+        &self,
+        name: &str,
+        value: &str,
+        now_ms: i64,
+    ) -> StoreResult<String> {
+        sqlx::query(&self.q(
+            "INSERT INTO keyring (name, value, created_ms) VALUES (?, ?, ?) ON CONFLICT (name) DO NOTHING",
+        ))
+        .bind(name)
+        .bind(value)
+        .bind(now_ms)
+        .execute(&self.pool)
+        .await?;
+        let row = sqlx::query(&self.q("SELECT value FROM keyring WHERE name = ?"))
+            .bind(name)
+            .fetch_one(&self.pool)
+            .await?;
+        Ok(row.try_get("value")?)
     }
 
     // === hubs and KPIs ===
