@@ -641,7 +641,7 @@ async fn catalog(cmd: CatalogCmd, conn: &Conn) -> anyhow::Result<()> {
             let text = std::fs::read_to_string(&file)
                 .with_context(|| format!("read {}", file.display()))?;
             let v: serde_json::Value =
-                serde_yaml::from_str(&text).with_context(|| format!("parse {}", file.display()))?;
+                yaml_serde::from_str(&text).with_context(|| format!("parse {}", file.display()))?;
             call(conn, Method::PUT, &format!("/v1/servers/{name}"), post(v)).await
         }
         CatalogCmd::Rm { name } => {

@@ -10,17 +10,21 @@
 //! - [`pki`]: the edge CA (CSR signing for enrollment and renewal).
 //! - [`export`]: audit export to syslog (RFC 5424, UDP/TCP) and OTLP logs.
 //! - [`server`]: `serve` (TLS, background tasks); [`cli`]: the command line.
-//! - [`interim`]: policy / approval / audit types until the shared `governance` crate lands.
+//! - [`audit_chain`]: per-line checks of hubs' `governance::audit` records on ingest.
+//!
+//! Shared with the hub through the `governance` crate: the policy document
+//! (`governance::policy::PolicyConfig`), approval records (`governance::approval`) and audit
+//! records and their file format (`governance::audit`).
 //!
 //! The hub side (snapshot format, verification, watcher) is the `meshgate-control-client` crate.
 
 pub mod api;
+pub mod audit_chain;
 pub mod auth;
 pub mod cli;
 pub mod error;
 pub mod export;
 pub mod files;
-pub mod interim;
 pub mod pki;
 pub mod publish;
 pub mod server;

@@ -16,7 +16,6 @@ use std::time::{Duration, Instant};
 
 use axum::routing::{get, post};
 use base64::Engine as _;
-use controlplane::interim::{line_hash, sign_record, AuditRecord, GENESIS};
 use hyper::Method;
 use serde_json::{json, Value};
 use support::control::{Api, Control};
@@ -272,22 +271,18 @@ async fn cli_catalog_policy_kill_and_snapshot() {
     let pol = tmp.path().join("policy.yaml");
     std::fs::write(
         &pol,
-        "max_loop_steps: 25\ntools:\n  - name: files__delete\n    classification: destructive\n    requires_approval: true\n    approval_group: sre\n    max_execution_timeout_ms: 30000\n  - name: files__read\n    cache_ttl_seconds: 60\n    roles: [dev]\napproval_groups:\n  - name: sre\n    members: [alice]\n    timeout_ms: 60000\n",
+        "max_loop_steps: 25\ntools:\n  - match: files/delete\n    classification: destructive\n    requires_approval: true\n    approval_group: sre\n    approval_timeout: 1m\n    max_execution_timeout_ms: 30000\n  - match: files/read\n    cache_ttl_seconds: 60\n    roles: [dev]\n",
     )
     .unwrap();
     let applied: Value =
         serde_json::from_str(&run(&["policy", "apply", pol.to_str().unwrap()])).unwrap();
     assert_eq!(applied["revision"], 1);
     let bad = tmp.path().join("bad.yaml");
-    std::fs::write(
-        &bad,
-        "tools:\n  - name: x\n    requires_approval: true\n    approval_group: ghosts\n",
-    )
-    .unwrap();
+    std::fs::write(&bad, "tools:\n  - match: x\n    requires_approvl: true\n").unwrap();
     let (ok, _, err) = cp.cli(&["policy", "apply", bad.to_str().unwrap()], None);
     assert!(!ok);
     assert!(
-        err.contains("422") && err.contains("tools[0].approval_group"),
+        err.contains("422") && err.contains("requires_approvl"),
         "{err}"
     );
     let shown: Value = serde_json::from_str(&run(&["policy", "show"])).unwrap();
@@ -323,32 +318,66 @@ async fn approvals_group_approve_reject_timeout() {
     let tmp = tempfile::tempdir().unwrap();
     let cp = Control::start(&tmp.path().join("cp"), &[]);
     let admin = cp.admin();
-    admin
+    let (s, v) = admin
         .req(
             Method::PUT,
             "/v1/policy",
-            Some(json!({"approval_groups": [{"name": "sre", "members": ["alice"]}],
-                        "tools": [{"name": "files__delete", "requires_approval": true, "approval_group": "sre"}]})),
+            Some(
+                json!({"tools": [{"match": "files/delete", "requires_approval": true,
+                                   "approval_group": "sre", "approval_timeout": "2m"}]}),
+            ),
         )
         .await;
-    let alice = cp.client(Some(&key(&admin, "alice", "operator", &[]).await));
-    let bob = cp.client(Some(&key(&admin, "bob", "operator", &[]).await));
+    assert_eq!(s, 200, "{v}");
+    let alice = cp.client(Some(&key(&admin, "alice", "operator", &["sre"]).await));
+    let bob = cp.client(Some(&key(&admin, "bob", "operator", &["dba"]).await));
     let carol = cp.client(Some(&key(&admin, "carol", "operator", &["sre"]).await));
     let hub = cp.client(Some(&key(&admin, "hub-1", "hub", &[]).await));
-    let held = |tool: &str, group: Option<&str>, timeout: Option<u64>| {
-        json!({"hub": "hub-1", "upstream": "files", "tool": tool, "arguments": {"path": "/srv/a"},
-               "principal": "dev-dan", "reason": "destructive tool", "approval_group": group, "timeout_ms": timeout})
+    // the shared governance::approval::ApprovalRequest, as the hub's registry mints it
+    let now = std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64;
+    let held = |id: &str, tool: &str, group: Option<&str>, timeout_ms: u64| {
+        serde_json::to_value(governance::approval::ApprovalRequest {
+            id: id.into(),
+            hub: "hub-1".into(),
+            tool: tool.into(),
+            upstream: "files".into(),
+            arguments: json!({"path": "/srv/a"}),
+            principal: "dev-dan".into(),
+            reason: "destructive tool".into(),
+            approval_group: group.map(str::to_owned),
+            created_at: now,
+            expires_at: now + timeout_ms,
+        })
+        .unwrap()
     };
     let a1 = hub
-        .post("/v1/approvals", held("delete", Some("sre"), None))
+        .post(
+            "/v1/approvals",
+            held("hub1-0001", "delete", Some("sre"), 120_000),
+        )
         .await;
+    let again = hub
+        .post(
+            "/v1/approvals",
+            held("hub1-0001", "delete", Some("sre"), 120_000),
+        )
+        .await;
+    assert_eq!(
+        again["id"], "hub1-0001",
+        "a retried submission is the same approval"
+    );
     let a2 = hub
-        .post("/v1/approvals", held("delete", Some("sre"), None))
+        .post("/v1/approvals", held("", "delete", Some("sre"), 120_000))
         .await;
     let a3 = hub
-        .post("/v1/approvals", held("wipe", None, Some(1000)))
+        .post("/v1/approvals", held("hub1-0003", "wipe", None, 1000))
         .await;
     assert_eq!(a1["state"], "pending");
+    assert_eq!(a1["id"], "hub1-0001");
+    assert!(a1["decision"].is_null());
     let id1 = a1["id"].as_str().unwrap().to_owned();
     let id2 = a2["id"].as_str().unwrap().to_owned();
     let id3 = a3["id"].as_str().unwrap().to_owned();
@@ -382,13 +411,18 @@ async fn approvals_group_approve_reject_timeout() {
         .await;
     let (v, took) = waiter.await.unwrap();
     assert_eq!(v["state"], "approved");
-    assert_eq!(v["comment"], "checked the path");
-    assert_eq!(v["decided_by"], "alice");
+    // what the hub hands its registry: the shared decision record
+    let d: governance::approval::ApprovalDecision =
+        serde_json::from_value(v["decision"].clone()).unwrap();
+    assert_eq!(d.id, id1);
+    assert_eq!(d.outcome, governance::approval::ApprovalOutcome::Approved);
+    assert_eq!(d.by, "operator:alice");
+    assert_eq!(d.comment.as_deref(), Some("checked the path"));
     assert!(
         took < Duration::from_secs(25),
         "long-poll answered by the decision, not its timeout"
     );
-    // group membership via the key's groups; rejection through the CLI
+    // rejection through the CLI
     // (the CLI runs with the bootstrap admin key: an admin may decide for any group)
     let (ok, _, err) = cp.cli(
         &["approvals", "reject", &id2, "--comment", "not today"],
@@ -406,6 +440,8 @@ async fn approvals_group_approve_reject_timeout() {
     // timeout = deny
     let v = hub.get(&format!("/v1/approvals/{id3}?wait_ms=20000")).await;
     assert_eq!(v["state"], "expired", "{v}");
+    assert_eq!(v["decision"]["outcome"], "expired");
+    assert_eq!(v["decision"]["by"], "timer");
     let (s, _) = alice
         .req(
             Method::POST,
@@ -436,34 +472,6 @@ async fn approvals_group_approve_reject_timeout() {
             .len(),
         3
     );
-}
-
-/// A hub's audit chain, signed with `key`.
-fn chain(key: &ed25519_dalek::SigningKey, from: u64, n: u64, prev: &str) -> (Vec<String>, String) {
-    let mut prev = prev.to_owned();
-    let mut out = Vec::new();
-    for seq in from..from + n {
-        let mut r = AuditRecord {
-            seq,
-            ts_ms: 1_767_225_600_000 + seq as i64,
-            prev: prev.clone(),
-            kind: "call".into(),
-            principal: if seq % 2 == 0 {
-                "bob".into()
-            } else {
-                "alice".into()
-            },
-            upstream: "files".into(),
-            tool: "read".into(),
-            outcome: "ok".into(),
-            detail: json!({"latency_ms": seq}),
-            sig: String::new(),
-        };
-        let line = sign_record(&mut r, key).unwrap();
-        prev = line_hash(&line);
-        out.push(line);
-    }
-    (out, prev)
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
@@ -523,10 +531,16 @@ async fn audit_ingest_verify_and_export() {
     );
     let admin = cp.admin();
     let hub = cp.client(Some(&key(&admin, "hub-1", "hub", &[]).await));
+    // the hub's real audit writer: log_opened + 4 calls = 5 lines, shipped in two batches
     let k = ed25519_dalek::SigningKey::from_bytes(&[42; 32]);
-    let kb = base64::engine::general_purpose::URL_SAFE_NO_PAD.encode(k.verifying_key().as_bytes());
-    let (first, head) = chain(&k, 1, 3, GENESIS);
-    let (second, _) = chain(&k, 4, 2, &head);
+    let kb = base64::engine::general_purpose::STANDARD.encode(k.verifying_key().as_bytes());
+    let recs = ["alice", "bob", "alice", "bob"]
+        .iter()
+        .map(|p| support::audit::call(p, "files", "read", "ok"))
+        .collect();
+    let lines = support::audit::hub_lines(tmp.path(), "hub-1", &k, recs);
+    assert_eq!(lines.len(), 5);
+    let (first, second) = (lines[..3].to_vec(), lines[3..].to_vec());
     let ingest = |lines: &[String], key: &str| json!({"hub": "hub-1", "key": key, "lines": lines});
     let v = hub.post("/v1/audit", ingest(&first, &kb)).await;
     assert_eq!(
@@ -542,11 +556,11 @@ async fn audit_ingest_verify_and_export() {
         v["error"]
             .as_str()
             .unwrap()
-            .contains("seq 1 breaks the chain"),
+            .contains("seq Some(1) breaks the chain (expected 4)"),
         "{v}"
     );
     let mut altered = second.clone();
-    altered[1] = altered[1].replace("\"alice\"", "\"eve\"");
+    altered[1] = altered[1].replace("\"bob\"", "\"eve\"");
     assert_ne!(altered[1], second[1]);
     let (s, v) = hub
         .req(Method::POST, "/v1/audit", Some(ingest(&altered, &kb)))
@@ -563,20 +577,29 @@ async fn audit_ingest_verify_and_export() {
         .req(Method::POST, "/v1/audit", Some(ingest(&second, &ob64)))
         .await;
     assert_eq!(s, 409, "another key than the pinned one");
+    let (s, v) = hub
+        .req(
+            Method::POST,
+            "/v1/audit",
+            Some(json!({"hub": "hub-2", "key": kb, "lines": second})),
+        )
+        .await;
+    assert_eq!(s, 422, "another hub's lines: {v}");
     let v = hub.post("/v1/audit", ingest(&second, &kb)).await;
     assert_eq!(v["head_seq"], 5);
 
     // indexed queries
     let bobs = admin.get("/v1/audit?principal=bob").await;
-    assert_eq!(
-        bobs.as_array()
-            .unwrap()
-            .iter()
-            .map(|r| r["seq"].as_i64().unwrap())
-            .collect::<Vec<_>>(),
-        [4, 2]
-    );
-    assert_eq!(bobs[0]["record"]["detail"]["latency_ms"], 4);
+    let mut seqs: Vec<i64> = bobs
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["seq"].as_i64().unwrap())
+        .collect();
+    seqs.sort();
+    assert_eq!(seqs, [3, 5]);
+    assert_eq!(bobs[0]["kind"], "tool_call");
+    assert_eq!(bobs[0]["record"]["latency_us"], 1200);
     let (ok, out, err) = cp.cli(&["audit", "verify"], None);
     assert!(ok, "{out}{err}");
     assert!(out.contains("\"records\": 5"), "{out}");
@@ -591,12 +614,19 @@ async fn audit_ingest_verify_and_export() {
         }
     }
     assert_eq!(dgrams.len(), 5, "{dgrams:?}");
+    assert!(dgrams[0].starts_with("<133>1 20"), "{}", dgrams[0]);
     assert!(
-        dgrams[0].starts_with("<133>1 2026-01-01T00:00:00.001Z "),
+        dgrams[0].contains(" log_opened [meshgate@32473 hub=\"hub-1\" seq=\"1\""),
         "{}",
         dgrams[0]
     );
-    assert!(dgrams[0].contains("[meshgate@32473 hub=\"hub-1\" seq=\"1\" principal=\"alice\""));
+    assert!(
+        dgrams[1].contains(
+            "seq=\"2\" principal=\"alice\" upstream=\"files\" tool=\"read\" outcome=\"ok\""
+        ),
+        "{}",
+        dgrams[1]
+    );
     let deadline = Instant::now() + Duration::from_secs(15);
     loop {
         let text = String::from_utf8_lossy(&tcp_buf.lock().unwrap()).into_owned();
@@ -639,7 +669,7 @@ async fn audit_ingest_verify_and_export() {
             .await
             .unwrap();
         sqlx::query(
-            "UPDATE audit SET line = replace(line, '\"alice\"', '\"mallory\"') WHERE seq = 3",
+            "UPDATE audit SET line = replace(line, '\"bob\"', '\"mallory\"') WHERE seq = 3",
         )
         .execute(&mut c)
         .await

@@ -14,7 +14,6 @@ use std::path::{Path, PathBuf};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-use controlplane::interim::{line_hash, sign_record, AuditRecord, GENESIS};
 use meshgate_control_client::snapshot::ToolVerdict;
 use meshgate_control_client::{WatchConfig, Watcher};
 use serde_json::json;
@@ -133,25 +132,16 @@ async fn console_in_headless_chromium() {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
     let k = ed25519_dalek::SigningKey::from_bytes(&[11; 32]);
-    let mut prev = GENESIS.to_owned();
-    let mut lines = Vec::new();
-    for seq in 1..=3u64 {
-        let mut r = AuditRecord {
-            seq,
-            ts_ms: 1_767_225_600_000 + seq as i64,
-            prev: prev.clone(),
-            kind: "call".into(),
-            principal: "dev-dan".into(),
-            upstream: "files".into(),
-            tool: "read".into(),
-            outcome: "ok".into(),
-            detail: json!({}),
-            sig: String::new(),
-        };
-        let line = sign_record(&mut r, &k).unwrap();
-        prev = line_hash(&line);
-        lines.push(line);
-    }
+    // the hub's real audit writer: log_opened + 2 calls = 3 records
+    let lines = support::audit::hub_lines(
+        tmp.path(),
+        "hub-1",
+        &k,
+        vec![
+            support::audit::call("dev-dan", "files", "read", "ok"),
+            support::audit::call("dev-dan", "files", "read", "ok"),
+        ],
+    );
     hub.post(
         "/v1/audit",
         json!({"hub": "hub-1", "key": meshgate_control_client::verify::encode_key(&k.verifying_key()), "lines": lines}),
@@ -161,8 +151,9 @@ async fn console_in_headless_chromium() {
     let held = hub
         .post(
             "/v1/approvals",
-            json!({"hub": "hub-1", "upstream": "files", "tool": "delete", "arguments": {"path": "/srv/data"},
-                   "principal": "dev-dan", "reason": "destructive tool", "timeout_ms": 120000}),
+            json!({"id": "", "hub": "hub-1", "upstream": "files", "tool": "delete", "arguments": {"path": "/srv/data"},
+                   "principal": "dev-dan", "reason": "destructive tool", "approval_group": null,
+                   "created_at": 0, "expires_at": 0}),
         )
         .await;
     let id = held["id"].as_str().unwrap().to_owned();

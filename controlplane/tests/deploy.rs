@@ -22,12 +22,12 @@ fn compose_file_is_valid_compose_spec() {
     let text = std::fs::read_to_string(dir.join("compose.yaml")).unwrap();
     // YAML merge keys (`<<: *image`) are YAML, resolved before the Compose types see the file
     // (as docker compose does).
-    let mut value: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    let mut value: yaml_serde::Value = yaml_serde::from_str(&text).unwrap();
     value.apply_merge().unwrap();
-    let compose: compose_spec::Compose = serde_yaml::from_value(value)
+    let compose: compose_spec::Compose = yaml_serde::from_value(value)
         .unwrap_or_else(|e| panic!("compose.yaml is not valid Compose Specification: {e}"));
     // the check can fail: a misspelt key is refused
-    let mut bad: serde_yaml::Value = serde_yaml::from_str(&text.replacen(
+    let mut bad: yaml_serde::Value = yaml_serde::from_str(&text.replacen(
         "    command: [\"meshgate-load\"",
         "    comand: [\"meshgate-load\"",
         1,
@@ -35,7 +35,7 @@ fn compose_file_is_valid_compose_spec() {
     .unwrap();
     bad.apply_merge().unwrap();
     assert!(
-        serde_yaml::from_value::<compose_spec::Compose>(bad).is_err(),
+        yaml_serde::from_value::<compose_spec::Compose>(bad).is_err(),
         "misspelt key accepted"
     );
     let names: Vec<String> = compose.services.keys().map(|k| k.to_string()).collect();
@@ -54,7 +54,7 @@ fn compose_file_is_valid_compose_spec() {
         );
     }
     // every ./file it bind-mounts exists next to it
-    let raw: serde_yaml::Value = serde_yaml::from_str(&text).unwrap();
+    let raw: yaml_serde::Value = yaml_serde::from_str(&text).unwrap();
     let mut mounts = 0;
     for (_, svc) in raw["services"].as_mapping().unwrap() {
         for v in svc["volumes"].as_sequence().into_iter().flatten() {
@@ -75,8 +75,8 @@ fn compose_file_is_valid_compose_spec() {
     assert!(mounts >= 3, "hub.yaml, edge.yaml and setup.sh are mounted");
     // the files it mounts are themselves valid: the hub and edge configs parse as YAML
     for f in ["hub.yaml", "edge.yaml"] {
-        let _: serde_yaml::Value =
-            serde_yaml::from_str(&std::fs::read_to_string(dir.join(f)).unwrap()).unwrap();
+        let _: yaml_serde::Value =
+            yaml_serde::from_str(&std::fs::read_to_string(dir.join(f)).unwrap()).unwrap();
     }
     let out = Command::new("sh")
         .arg("-n")

@@ -53,11 +53,25 @@ struct UpstreamCatalog {
 /// Key of a merged list: kind, capability class and the health mask it was built for.
 type MergedKey = (ListKind, CapsClass, u64);
 
+/// A merged list and what it was built from.
+struct MergedEntry {
+    key: MergedKey,
+    list: Arc<Merged>,
+    /// The catalog epoch when it was built: any list stored or dropped since makes it stale.
+    epoch: u64,
+    /// When its oldest part expires.
+    expires: Instant,
+}
+
+/// Most merged lists kept (a few kinds × capability classes × health masks in practice).
+const MAX_MERGED: usize = 64;
+
 /// The shared catalog (in [`crate::hub::Hub`]).
 pub struct Catalog {
     ttl: Duration,
     upstreams: Vec<UpstreamCatalog>,
-    merged: Mutex<HashMap<MergedKey, Arc<Merged>>>,
+    merged: Mutex<Vec<MergedEntry>>,
+    /// Bumped whenever a list is stored or dropped.
     epoch: AtomicU64,
     /// List fetches made, per kind (metrics, tests).
     fetches: [AtomicU64; 4],
@@ -69,7 +83,7 @@ impl Catalog {
         Self {
             ttl,
             upstreams: (0..n).map(|_| UpstreamCatalog::default()).collect(),
-            merged: Mutex::new(HashMap::new()),
+            merged: Mutex::new(Vec::new()),
             epoch: AtomicU64::new(1),
             fetches: Default::default(),
         }
@@ -92,7 +106,7 @@ impl Catalog {
                 }
             }
         }
-        self.merged.lock().retain(|(k, _, _), _| *k != kind);
+        self.merged.lock().retain(|m| m.key.0 != kind);
     }
 
     /// Forgets everything about upstream `u` (it went away, e.g. its edge tunnel was lost).
@@ -104,9 +118,20 @@ impl Catalog {
 
     /// The cached list, if fresh.
     fn cached(&self, u: usize, kind: ListKind, class: CapsClass) -> Option<Arc<UpstreamList>> {
+        self.cached_since(u, kind, class).map(|(l, _)| l)
+    }
+
+    /// The cached list, if fresh, and when it was fetched.
+    fn cached_since(
+        &self,
+        u: usize,
+        kind: ListKind,
+        class: CapsClass,
+    ) -> Option<(Arc<UpstreamList>, Instant)> {
         let entries = self.upstreams.get(u)?.entries.lock();
         let e = entries.get(&(kind, class))?;
-        e.list.clone().filter(|_| e.fetched.elapsed() < self.ttl)
+        let l = e.list.clone().filter(|_| e.fetched.elapsed() < self.ttl)?;
+        Some((l, e.fetched))
     }
 }
 
@@ -225,7 +250,7 @@ pub async fn upstream_list(
     let list = if us.has_capability(kind.capability()) {
         cat.fetches[kind as usize].fetch_add(1, Ordering::Relaxed);
         match fetch_list(&w.pool, w.upstream(u), &us, kind).await {
-            Ok(items) => Arc::new(UpstreamList { items }),
+            Ok(items) => Arc::new(UpstreamList::new(kind, items)),
             Err(FetchError::Upstream(UpstreamError::SessionGone)) => {
                 lifecycle::drop_upstream_session(&w.hub, session, u, us.generation);
                 return Err(ProxyError::new(
@@ -256,6 +281,8 @@ pub async fn upstream_list(
             e.fetched = Instant::now();
         }
     }
+    drop(entries);
+    cat.epoch.fetch_add(1, Ordering::AcqRel);
     Ok(list)
 }
 
@@ -265,39 +292,31 @@ pub async fn merged(w: &Worker, session: &Arc<Session>, kind: ListKind) -> Arc<M
     let cat = &w.hub.catalog;
     let mask = w.hub.up_mask();
     let key = (kind, session.caps_class, mask);
-    let n = w.hub.snap.upstreams.len();
-    // Still valid when every part is the shared copy it was built from.
-    let current: Vec<Option<Arc<UpstreamList>>> = (0..n)
-        .map(|u| {
-            if mask & (1 << u) == 0 {
-                None
-            } else {
-                cat.cached(u, kind, session.caps_class)
+    // Fast path (every unprefixed call resolves its name here): still valid when nothing was
+    // stored or dropped since it was built, and no part has expired.
+    let epoch = cat.epoch.load(Ordering::Acquire);
+    {
+        let all = cat.merged.lock();
+        if let Some(m) = all.iter().find(|m| m.key == key) {
+            if m.epoch == epoch && Instant::now() < m.expires {
+                return m.list.clone();
             }
-        })
-        .collect();
-    if let Some(m) = cat.merged.lock().get(&key) {
-        if m.parts.len() == n
-            && (0..n).all(|u| match (&m.parts[u], &current[u]) {
-                (None, None) => mask & (1 << u) == 0,
-                (Some(a), Some(b)) => Arc::ptr_eq(a, b),
-                _ => false,
-            })
-        {
-            return m.clone();
         }
     }
+    let n = w.hub.snap.upstreams.len();
     let mut lists = Vec::with_capacity(n);
-    for (u, cur) in current.into_iter().enumerate() {
+    let mut oldest = Instant::now();
+    for u in 0..n {
         if mask & (1 << u) == 0 {
             lists.push(None);
             continue;
         }
-        if let Some(l) = cur {
+        if let Some((l, at)) = cat.cached_since(u, kind, session.caps_class) {
+            oldest = oldest.min(at);
             lists.push(Some(l));
             continue;
         }
-        match upstream_list(w, session, u, kind).await {
+        match Box::pin(upstream_list(w, session, u, kind)).await {
             Ok(l) => lists.push(Some(l)),
             Err(e) => {
                 tracing::warn!(error = %e, list = kind.method(), "upstream skipped in merged list");
@@ -306,13 +325,20 @@ pub async fn merged(w: &Worker, session: &Arc<Session>, kind: ListKind) -> Arc<M
         }
     }
     let m = Arc::new(federation::merge(kind, &w.hub.naming, &lists, mask));
+    // Built from lists fetched during the build: stamp it with the epoch after them, so only a
+    // later change makes it stale.
+    let epoch = cat.epoch.load(Ordering::Acquire);
     let mut all = cat.merged.lock();
-    // Bounded: one entry per (kind, class, mask) in use; classes are few in practice, but a
-    // client population with ever-new capability sets must not grow this without end.
-    if all.len() >= 1024 {
+    all.retain(|e| e.key != key);
+    if all.len() >= MAX_MERGED {
         all.clear();
     }
-    all.insert(key, m.clone());
+    all.push(MergedEntry {
+        key,
+        list: m.clone(),
+        epoch,
+        expires: oldest + cat.ttl,
+    });
     m
 }
 

@@ -115,32 +115,52 @@ pub struct Item {
 pub struct UpstreamList {
     /// Items in upstream order.
     pub items: Vec<Item>,
+    /// Tools that may safely run twice (annotated `readOnlyHint: true` or
+    /// `idempotentHint: true`), by original name; read once, when the list is fetched.
+    retry_safe: std::collections::HashSet<Arc<str>>,
 }
 
 impl UpstreamList {
+    /// The list of these items (`kind` says whether tool annotations are read).
+    pub fn new(kind: ListKind, items: Vec<Item>) -> Self {
+        let retry_safe = if kind == ListKind::Tools {
+            items
+                .iter()
+                .filter(|i| annotated_retry_safe(i.raw.get()))
+                .map(|i| i.key.clone())
+                .collect()
+        } else {
+            Default::default()
+        };
+        Self { items, retry_safe }
+    }
+
     /// For a tools list: whether the tool `name` (its original name) declares
     /// `annotations.readOnlyHint: true` or `annotations.idempotentHint: true`, i.e. a call may
     /// safely run twice. `false` for an unlisted tool or unreadable annotations.
     pub fn retry_safe(&self, name: &str) -> bool {
-        #[derive(Deserialize)]
-        struct Tool {
-            #[serde(default)]
-            annotations: Option<Hints>,
-        }
-        #[derive(Deserialize)]
-        struct Hints {
-            #[serde(rename = "readOnlyHint", default)]
-            read_only: Option<bool>,
-            #[serde(rename = "idempotentHint", default)]
-            idempotent: Option<bool>,
-        }
-        self.items
-            .iter()
-            .find(|i| &*i.key == name)
-            .and_then(|i| serde_json::from_str::<Tool>(i.raw.get()).ok())
-            .and_then(|t| t.annotations)
-            .is_some_and(|h| h.read_only == Some(true) || h.idempotent == Some(true))
+        self.retry_safe.contains(name)
     }
+}
+
+/// Whether a tool's JSON declares `readOnlyHint: true` or `idempotentHint: true`.
+fn annotated_retry_safe(tool: &str) -> bool {
+    #[derive(Deserialize)]
+    struct Tool {
+        #[serde(default)]
+        annotations: Option<Hints>,
+    }
+    #[derive(Deserialize)]
+    struct Hints {
+        #[serde(rename = "readOnlyHint", default)]
+        read_only: Option<bool>,
+        #[serde(rename = "idempotentHint", default)]
+        idempotent: Option<bool>,
+    }
+    serde_json::from_str::<Tool>(tool)
+        .ok()
+        .and_then(|t| t.annotations)
+        .is_some_and(|h| h.read_only == Some(true) || h.idempotent == Some(true))
 }
 
 /// One merged, exposed list: rendered items in order, plus the exposed-name index.
@@ -407,9 +427,10 @@ mod tests {
 
     fn list(kind: ListKind, json: &str) -> Arc<UpstreamList> {
         let resp = format!("{{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{json}}}");
-        Arc::new(UpstreamList {
-            items: parse_page(kind, resp.as_bytes()).unwrap().0,
-        })
+        Arc::new(UpstreamList::new(
+            kind,
+            parse_page(kind, resp.as_bytes()).unwrap().0,
+        ))
     }
 
     #[test]

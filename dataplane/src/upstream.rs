@@ -91,12 +91,25 @@ impl From<ClientError> for UpstreamError {
 
 /// Whether a request may be sent again on a fresh connection when a kept-alive one broke
 /// after the request was written (the `forward` stage's retry rule decides).
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub enum Resend {
+#[derive(Clone, Copy)]
+pub enum Resend<'a> {
     /// The request may run twice (the hub's own requests, read-only or idempotent tools).
     Safe,
     /// Only when the request was not completely written (so it cannot have run).
     IfUnsent,
+    /// Ask (only when it matters, which is rare): `true` = it may run twice.
+    Ask(&'a dyn Fn() -> bool),
+}
+
+impl Resend<'_> {
+    /// Whether a request that may have been delivered may be sent again.
+    pub fn allows_twice(&self) -> bool {
+        match self {
+            Resend::Safe => true,
+            Resend::IfUnsent => false,
+            Resend::Ask(f) => f(),
+        }
+    }
 }
 
 /// An idle pooled connection and when it went idle.
@@ -257,7 +270,7 @@ async fn exchange(
     method: &str,
     headers: &[(&str, &[u8])],
     body: &[u8],
-    resend: Resend,
+    resend: Resend<'_>,
 ) -> Result<(ResponseHead, ClientConn), UpstreamError> {
     let rep = replica(up, r)?;
     // A pooled connection may have been closed by the upstream just as it was reused; that
@@ -268,7 +281,7 @@ async fn exchange(
         match conn.send(method, &rep.path, &rep.host, headers, body).await {
             Ok(head) => return Ok((head, conn)),
             Err(e @ (ClientError::Closed | ClientError::Io(_))) => {
-                if conn.request_written() && resend == Resend::IfUnsent {
+                if conn.request_written() && !resend.allows_twice() {
                     return Err(UpstreamError::MaybeDelivered(format!(
                         "{e} (upstream '{}', {})",
                         up.name, rep.url
@@ -313,7 +326,7 @@ pub async fn post(
     r: usize,
     us: Option<&UpstreamSession>,
     body: &[u8],
-    resend: Resend,
+    resend: Resend<'_>,
 ) -> Result<Reply, UpstreamError> {
     let fut = async {
         let (h, n) = header_list(us, ACCEPT_BOTH, None);

@@ -1,6 +1,9 @@
-//! Approvals: the queue of calls held by every hub. A hub submits a held call
-//! (`POST /v1/approvals`) and long-polls its state (`GET /v1/approvals/{id}?wait_ms=`); an
-//! operator in the call's approval group approves or rejects it with a comment
+//! Approvals: the queue of calls held by every hub. A hub submits a held call as the shared
+//! `governance::approval::ApprovalRequest` (`POST /v1/approvals`; its id and deadline are the
+//! hub's) and long-polls it (`GET /v1/approvals/{id}?wait_ms=`) until the answer carries a
+//! `decision` — a `governance::approval::ApprovalDecision` the hub passes straight to its
+//! registry. An operator in the call's approval group (the principal's groups: OIDC `groups`
+//! claim or the API key's groups; admins decide any) approves or rejects with a comment
 //! (`POST /v1/approvals/{id}/decision`); a call still pending at its deadline becomes `expired`
 //! (= denied) by the sweeper in `server`. The hub holds the call; the control plane decides.
 
@@ -16,20 +19,33 @@ use serde_json::json;
 use super::{json, parse, AppState};
 use crate::auth::{new_id, Need, Role};
 use crate::error::{ApiError, ApiResult};
-use crate::interim::{ApprovalDecision, ApprovalRequest, Policy};
 use crate::store::{sql::now_ms, ApprovalRow};
+use governance::approval::{ApprovalDecision, ApprovalOutcome, ApprovalRequest};
 
-async fn current_policy(app: &AppState) -> ApiResult<Option<Policy>> {
-    Ok(app
-        .store
-        .policy()
-        .await?
-        .and_then(|p| serde_json::from_value(p.json).ok()))
+/// The shared decision record for a decided row (`None` while pending).
+pub fn decision(a: &ApprovalRow) -> Option<ApprovalDecision> {
+    let outcome = match a.state.as_str() {
+        "approved" => ApprovalOutcome::Approved,
+        "rejected" => ApprovalOutcome::Rejected,
+        "expired" => ApprovalOutcome::Expired,
+        _ => return None,
+    };
+    Some(ApprovalDecision {
+        id: a.id.clone(),
+        outcome,
+        by: match outcome {
+            ApprovalOutcome::Expired => "timer".into(),
+            _ => format!("operator:{}", a.decided_by.as_deref().unwrap_or("unknown")),
+        },
+        comment: a.comment.clone().filter(|c| !c.is_empty()),
+        decided_at: a.decided_ms.unwrap_or(0).max(0) as u64,
+    })
 }
 
 fn view(a: &ApprovalRow, now: i64) -> serde_json::Value {
     let mut v = serde_json::to_value(a).unwrap_or_default();
     v["age_ms"] = json!(a.decided_ms.unwrap_or(now) - a.created_ms);
+    v["decision"] = serde_json::to_value(decision(a)).unwrap_or_default();
     v
 }
 
@@ -46,20 +62,36 @@ pub async fn submit(State(app): State<AppState>, h: HeaderMap, body: Bytes) -> A
             return Err(ApiError::bad_request(format!("{what}: 1-128 characters")));
         }
     }
-    let policy = current_policy(&app).await?;
-    let group_timeout = req
-        .approval_group
-        .as_deref()
-        .and_then(|g| policy.as_ref().and_then(|p| p.group(g)))
-        .and_then(|g| g.timeout_ms);
-    let timeout = req
-        .timeout_ms
-        .or(group_timeout)
-        .unwrap_or(app.settings.approval_timeout.as_millis() as u64)
-        .clamp(1_000, 24 * 3600 * 1000);
+    if req.id.len() > 128 {
+        return Err(ApiError::bad_request("id: at most 128 characters"));
+    }
     let now = now_ms();
+    // A hub retrying its submission gets the same approval back.
+    if !req.id.is_empty() {
+        if let Some(existing) = app.store.approval(&req.id).await? {
+            if existing.hub != req.hub {
+                return Err(ApiError::conflict(format!(
+                    "approval id {} belongs to another hub",
+                    req.id
+                )));
+            }
+            return Ok(json(&view(&existing, now)));
+        }
+    }
+    let created = if req.created_at == 0 {
+        now
+    } else {
+        req.created_at as i64
+    };
+    let default_deadline = created + app.settings.approval_timeout.as_millis() as i64;
+    let expires = if req.expires_at == 0 {
+        default_deadline
+    } else {
+        // The hub's deadline (from the policy's approval_timeout), within sane bounds.
+        (req.expires_at as i64).clamp(created + 1_000, created + 24 * 3600 * 1000)
+    };
     let row = ApprovalRow {
-        id: new_id(),
+        id: if req.id.is_empty() { new_id() } else { req.id },
         hub: req.hub,
         upstream: req.upstream,
         tool: req.tool,
@@ -68,8 +100,8 @@ pub async fn submit(State(app): State<AppState>, h: HeaderMap, body: Bytes) -> A
         reason: req.reason,
         approval_group: req.approval_group,
         state: "pending".into(),
-        created_ms: now,
-        expires_ms: now + timeout as i64,
+        created_ms: created,
+        expires_ms: expires,
         decided_ms: None,
         decided_by: None,
         comment: None,
@@ -149,6 +181,17 @@ pub async fn get_one(
     }
 }
 
+/// Body of a decision.
+#[derive(Debug, Deserialize)]
+#[serde(deny_unknown_fields)]
+struct DecisionBody {
+    /// Approve (`true`) or reject.
+    approve: bool,
+    /// Comment shown to the caller and audited by the hub.
+    #[serde(default)]
+    comment: String,
+}
+
 /// `POST /v1/approvals/{id}/decision` (operator in the approval group, or admin).
 pub async fn decide(
     State(app): State<AppState>,
@@ -157,19 +200,14 @@ pub async fn decide(
     body: Bytes,
 ) -> ApiResult<Response> {
     let who = app.who(&h, Need::Operate).await?;
-    let d: ApprovalDecision = parse(&body)?;
+    let d: DecisionBody = parse(&body)?;
     let row = app
         .store
         .approval(&id)
         .await?
         .ok_or_else(|| ApiError::not_found(format!("no approval {id:?}")))?;
     if let Some(g) = &row.approval_group {
-        let policy = current_policy(&app).await?;
-        let member = policy
-            .as_ref()
-            .and_then(|p| p.group(g))
-            .is_some_and(|grp| grp.members.iter().any(|m| m == &who.name))
-            || who.groups.iter().any(|x| x == g);
+        let member = who.groups.iter().any(|x| x == g);
         if !member && who.role != Role::Admin {
             return Err(ApiError::forbidden(format!(
                 "{} is not in approval group {g:?}",

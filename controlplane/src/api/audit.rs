@@ -1,4 +1,5 @@
-//! The audit store. Hubs ship their hash-chained, signed records (`POST /v1/audit`); the
+//! The audit store. Hubs ship their hash-chained, signed records (`POST /v1/audit`: the lines
+//! of their `governance::audit` log, exactly as written); the
 //! control plane checks each batch continues that hub's chain (seq, previous hash, signature by
 //! the hub's pinned audit key) before storing it, indexes the records (hub, time, principal,
 //! tool), exports them (syslog / OTLP) and re-verifies whole chains on demand
@@ -14,16 +15,16 @@ use serde::Deserialize;
 use serde_json::json;
 
 use super::{json, parse, AppState};
+use crate::audit_chain::{kind_name, line_hash, verify_lines};
 use crate::auth::Need;
 use crate::error::{ApiError, ApiResult};
-use crate::interim::{line_hash, verify_chain};
 use crate::store::{AuditFilter, AuditRow, StoreError};
 
 #[derive(Deserialize)]
 #[serde(deny_unknown_fields)]
 struct Batch {
     hub: String,
-    /// The hub's audit verifying key (base64url, 32 bytes); pinned on the first batch.
+    /// The hub's audit verifying key (base64 or base64url, 32 bytes); pinned on the first batch.
     key: String,
     lines: Vec<String>,
 }
@@ -57,7 +58,7 @@ pub async fn ingest(State(app): State<AppState>, h: HeaderMap, body: Bytes) -> A
         }
     }
     let head = hash.map(|h| (seq as u64, h));
-    let (records, _) = verify_chain(head, &b.lines, &key).map_err(|e| {
+    let (records, _) = verify_lines(head, &b.hub, &b.lines, &key).map_err(|e| {
         app.audit_refused.fetch_add(1, Ordering::Relaxed);
         tracing::warn!(hub = %b.hub, reason = %e, "audit batch refused: chain does not verify");
         ApiError::unprocessable(format!("audit chain of hub {} does not verify: {e}", b.hub))
@@ -65,17 +66,17 @@ pub async fn ingest(State(app): State<AppState>, h: HeaderMap, body: Bytes) -> A
     let rows: Vec<AuditRow> = records
         .iter()
         .zip(&b.lines)
-        .map(|(r, line)| AuditRow {
+        .map(|(l, line)| AuditRow {
             hub: b.hub.clone(),
-            seq: r.seq as i64,
-            ts_ms: r.ts_ms,
-            kind: r.kind.clone(),
-            principal: r.principal.clone(),
-            upstream: r.upstream.clone(),
-            tool: r.tool.clone(),
-            outcome: r.outcome.clone(),
+            seq: l.seq as i64,
+            ts_ms: l.record.ts_ms as i64,
+            kind: kind_name(&l.record),
+            principal: l.record.principal.clone().unwrap_or_default(),
+            upstream: l.record.upstream.clone().unwrap_or_default(),
+            tool: l.record.tool.clone().unwrap_or_default(),
+            outcome: l.record.outcome.clone().unwrap_or_default(),
             line: line.clone(),
-            hash: line_hash(line),
+            hash: l.hash.clone(),
         })
         .collect();
     match app.store.append_audit(&b.hub, seq, &rows, &key_text).await {
@@ -155,7 +156,7 @@ async fn verify_stored(
             break;
         }
         let lines: Vec<String> = page.iter().map(|r| r.line.clone()).collect();
-        match verify_chain(head.clone(), &lines, key) {
+        match verify_lines(head.clone(), hub, &lines, key) {
             Ok((_, h)) => head = h,
             Err(e) => return Ok(Err(e)),
         }

@@ -159,8 +159,7 @@ pub async fn put_policy(
     if text.trim().is_empty() {
         return Err(ApiError::bad_request("policy is empty"));
     }
-    let policy = crate::interim::Policy::parse(text).map_err(ApiError::unprocessable)?;
-    let doc = serde_json::to_value(&policy).map_err(|e| ApiError::internal(e.to_string()))?;
+    let doc = check_policy(text).map_err(ApiError::unprocessable)?;
     let rev = app
         .store
         .put_policy(text, &doc, &who.name, now_ms())
@@ -169,6 +168,16 @@ pub async fn put_policy(
     Ok(json(
         &json!({"revision": rev, "snapshot": v, "policy": doc}),
     ))
+}
+
+/// Parses a policy document (the hub's `governance::policy::PolicyConfig`, YAML or JSON) and
+/// compiles it as the hub will (globs, roles, scopes, limits), so a policy that a hub would refuse
+/// is refused here, naming the problem. Returns the document as published in snapshots.
+pub fn check_policy(text: &str) -> Result<serde_json::Value, String> {
+    let cfg: governance::policy::PolicyConfig =
+        yaml_serde::from_str(text).map_err(|e| format!("policy: {e}"))?;
+    governance::policy::CompiledPolicy::compile(&cfg).map_err(|e| format!("policy: {e}"))?;
+    serde_json::to_value(&cfg).map_err(|e| format!("policy: {e}"))
 }
 
 /// `GET /v1/kill`: active kills.
@@ -489,6 +498,21 @@ pub fn kpi_series(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn policies_checked_like_the_hub() {
+        let ok = "max_loop_steps: 10\ntools:\n  - match: \"files/delete_*\"\n    requires_approval: true\n    approval_group: sre\n    approval_timeout: 2m\n";
+        let doc = check_policy(ok).unwrap();
+        assert_eq!(doc["tools"][0]["match"], "files/delete_*");
+        // what the hub reads back from a snapshot is the same policy
+        let back: governance::policy::PolicyConfig = serde_json::from_value(doc).unwrap();
+        assert_eq!(back.tools[0].approval_group.as_deref(), Some("sre"));
+        assert!(check_policy("bogus: 1").unwrap_err().contains("bogus"));
+        assert!(
+            check_policy("tools:\n  - match: \"[\"\n").is_err(),
+            "bad glob"
+        );
+    }
 
     #[test]
     fn kpi_rates_from_counter_totals() {

@@ -2,5 +2,6 @@
 //! ([`control`]).
 #![allow(dead_code, unreachable_pub)]
 
+pub mod audit;
 pub mod control;
 pub mod pg;

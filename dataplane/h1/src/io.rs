@@ -47,7 +47,7 @@ pub(crate) async fn write_buf<S: AsyncWriteRent>(
 
 /// Joins the pieces of a body up to a size cap; a body that arrives in one piece is returned
 /// without a copy.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub(crate) struct BodyJoin {
     first: Option<Bytes>,
     joined: BytesMut,

@@ -12,7 +12,13 @@
 //! - `server`: [`ServerConn`], [`Limits`], [`RequestHead`], [`Request`], [`ServerError`].
 //! - `client`: [`ClientConn`], [`ResponseHead`], [`BodyKind`], [`ClientError`].
 //! - `sse`: [`SseDecoder`], [`SseEvent`], [`encode_sse_event`], [`SSE_KEEPALIVE`].
-//! - `chunked`, `wire`, `io`: sans-IO chunked decoding, head serialisation, buffer glue.
+//! - `chunked`, `wire`, `io`: sans-IO chunked decoding ([`ChunkedDecoder`]), head
+//!   serialisation, buffer glue.
+//!
+//! Sans-IO entry points for callers with their own IO (the loadtest's tokio client and mock):
+//! [`RequestParser`] (requests, server side), [`parse_response_head`] and [`BodyDecoder`]
+//! (responses, client side), [`SseDecoder`]. `ServerConn` and `ClientConn` are built on the
+//! same functions, so both drivers frame messages identically.
 //!
 //! Performance: one read buffer (`BytesMut`) and one write buffer (`Vec<u8>`) per
 //! connection; heads are parsed in place and sliced after `freeze()`; Content-Length bodies
@@ -30,8 +36,11 @@ mod server;
 mod sse;
 mod wire;
 
-pub use client::{BodyKind, ClientConn, ClientError, ResponseHead};
+pub use chunked::{Chunk, ChunkedDecoder};
+pub use client::{
+    parse_response_head, BodyDecoder, BodyKind, BodyPiece, ClientConn, ClientError, ResponseHead,
+};
 pub use headers::{Headers, Method};
-pub use server::{Limits, Request, RequestHead, ServerConn, ServerError};
+pub use server::{Limits, Request, RequestHead, RequestParser, ServerConn, ServerError};
 pub use sse::{encode_sse_event, SseDecoder, SseEvent, SSE_KEEPALIVE};
 pub use wire::reason_phrase;

@@ -725,7 +725,7 @@ mod tests {
     use super::*;
 
     fn load(yaml: &str) -> Result<Snapshot, String> {
-        let raw: HubConfig = serde_yaml::from_str(yaml).map_err(|e| e.to_string())?;
+        let raw = HubConfig::from_yaml(yaml).map_err(|e| e.to_string())?;
         Snapshot::from_config(&raw).map_err(|e| e.to_string())
     }
 

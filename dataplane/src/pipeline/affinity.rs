@@ -33,7 +33,7 @@ pub async fn upstream_session(
         Some(us) if w.hub.replica_up(u, us.replica) => Ok(us),
         Some(us) => {
             lifecycle::drop_upstream_session(&w.hub, session, u, us.generation);
-            let moved = lifecycle::open(w, session, u, replica_bit(us.replica)).await;
+            let moved = Box::pin(lifecycle::open(w, session, u, replica_bit(us.replica))).await;
             if let Ok(new) = &moved {
                 let up = w.upstream(u);
                 tracing::info!(
@@ -46,7 +46,9 @@ pub async fn upstream_session(
             }
             moved
         }
-        None => lifecycle::open(w, session, u, 0).await,
+        // Opening (a handshake) is the rare path: boxed, so the future of every request that
+        // finds its upstream session open stays small.
+        None => Box::pin(lifecycle::open(w, session, u, 0)).await,
     }
 }
 

@@ -9,8 +9,8 @@
 //! replica. The same rule decides whether the connection layer may re-send a request whose
 //! pooled connection broke after it was written ([`upstream::Resend`]).
 //!
-//! The request is registered as in flight for `notifications/cancelled`: a cancel ends the wait
-//! for the upstream at once (and the relay, when the answer streams).
+//! The request is registered as in flight for `notifications/cancelled`: a cancel ends the relay
+//! at once when the answer streams, and suppresses a JSON answer that arrives after it.
 
 use std::sync::Arc;
 
@@ -46,16 +46,25 @@ pub async fn forward(
         },
     );
     let attempt = async {
-        let resend = resend_rule(w, session, u, target.tool.as_deref());
+        let rule = || resend_rule(w, session, u, target.tool.as_deref());
+        let resend = Resend::Ask(&rule);
         match send_once(w, u, &us, &target.body, client_id, &cancel, resend).await {
             Sent::Done(out) => out,
-            Sent::Lost(e) => failover(w, session, u, &us, target, client_id, &cancel, e).await,
+            // The rare path is boxed so the common one's future stays small (it is moved).
+            Sent::Lost(e) => {
+                Box::pin(failover(w, session, u, &us, target, client_id, &cancel, e)).await
+            }
         }
     };
-    let out = monoio::select! {
-        out = attempt => out,
-        _ = cancel.cancelled() => Ok(Answer::Cancelled),
-    };
+    let mut out = attempt.await;
+    // Cancelled while the upstream was answering: a JSON answer is not sent (a cancelled
+    // request gets no response); a stream's relay sees the flag and ends at once. Waiting for the
+    // head is not raced against the cancel: that `select!` cost ~7% of the hub's instructions
+    // per call (benches/scripts/instructions-per-call.sh), and the head of an answer that never
+    // comes is bounded by the upstream's request timeout.
+    if cancel.is_cancelled() && matches!(out, Ok(Answer::Json(_))) {
+        out = Ok(Answer::Cancelled);
+    }
     if !matches!(out, Ok(Answer::Stream(_))) {
         session.state.lock().inflight.remove(client_id);
     }
@@ -71,13 +80,9 @@ pub fn may_run_twice(unreachable: bool, safe_tool: Option<bool>) -> bool {
 
 /// Whether the connection layer may re-send this request on a fresh connection after a pooled
 /// one broke once the request was written: by [`may_run_twice`], from the cached catalog.
-fn resend_rule(w: &Worker, session: &Session, u: usize, tool: Option<&str>) -> Resend {
+fn resend_rule(w: &Worker, session: &Session, u: usize, tool: Option<&str>) -> bool {
     let safe = tool.and_then(|t| catalog::cached_retry_safe(w, session, u, t));
-    if may_run_twice(false, safe) {
-        Resend::Safe
-    } else {
-        Resend::IfUnsent
-    }
+    may_run_twice(false, safe)
 }
 
 /// What one attempt of [`forward`] came to.
@@ -95,7 +100,7 @@ async fn send_once(
     body: &bytes::Bytes,
     client_id: &str,
     cancel: &Arc<Cancel>,
-    resend: Resend,
+    resend: Resend<'_>,
 ) -> Sent {
     let r = us.replica;
     let out = match upstream::post(&w.pool, w.upstream(u), r, Some(us), body, resend).await {
