@@ -519,3 +519,98 @@ async fn two_control_planes_on_one_postgres_serve_the_same_snapshots() {
     .await;
     w.shutdown();
 }
+
+/// The kill switch reaches three watching hubs: the time from the API call to a verified
+/// snapshot holding the kill at each of them is measured and printed (not asserted: timing on
+/// a shared machine; BENCHMARKS-style figure for the report). What is asserted: every hub gets
+/// it, and the lift, each within a bounded wait.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn kill_switch_reaches_three_hubs() {
+    let tmp = tempfile::tempdir().unwrap();
+    let cp = Control::start(&tmp.path().join("cp"), &[]);
+    let admin = cp.admin();
+    let token = hub_key(&admin).await;
+    let hubs: Vec<Watcher> = (0..3)
+        .map(|i| {
+            watcher(
+                &cp.url,
+                &tmp.path().join(format!("hub{i}")),
+                &token,
+                &format!("hub-{i}"),
+            )
+        })
+        .collect();
+    let v0 = latest(&admin).await;
+    for w in &hubs {
+        wait_for(w, "the first snapshot", |c| version(c) == v0).await;
+    }
+    // every hub is parked in its long-poll before the press (so the figure is the push path)
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        let v = admin.get("/v1/hubs").await;
+        let polling = v["hubs"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|h| h["watching"]["polling"].as_u64() >= Some(1))
+            .count();
+        if polling == 3 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "hubs not all polling: {v}");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let mut rounds = Vec::new();
+    for round in 0..5 {
+        let t0 = Instant::now();
+        let tasks: Vec<_> = hubs
+            .iter()
+            .map(|w| {
+                let mut rx = w.subscribe();
+                tokio::spawn(async move {
+                    let ok = tokio::time::timeout(
+                        Duration::from_secs(10),
+                        rx.wait_for(|c| {
+                            c.as_ref()
+                                .is_some_and(|s| s.snapshot.killed("any", "tool").is_some())
+                        }),
+                    )
+                    .await
+                    .is_ok();
+                    (ok, t0.elapsed())
+                })
+            })
+            .collect();
+        admin
+            .post(
+                "/v1/kill",
+                json!({"scope": "global", "reason": format!("drill {round}")}),
+            )
+            .await;
+        let mut worst = Duration::ZERO;
+        for t in tasks {
+            let (ok, took) = t.await.unwrap();
+            assert!(ok, "a hub never received the kill");
+            worst = worst.max(took);
+        }
+        rounds.push(worst.as_millis());
+        admin
+            .post("/v1/kill/lift", json!({"scope": "global"}))
+            .await;
+        for w in &hubs {
+            wait_for(w, "the lift", |c| {
+                c.as_ref()
+                    .is_some_and(|s| s.snapshot.killed("any", "tool").is_none())
+            })
+            .await;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    rounds.sort();
+    println!(
+        "kill switch, API call -> verified snapshot at all 3 hubs (5 rounds, slowest hub): {rounds:?} ms"
+    );
+    for w in hubs {
+        w.shutdown();
+    }
+}
