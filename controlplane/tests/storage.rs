@@ -81,7 +81,18 @@ async fn suite(s: &dyn Store) {
     assert_eq!(write.source, "reported");
     let read = s.tool("files", "read").await.unwrap().unwrap();
     assert!(read.approved);
-    assert_eq!(read.version, "1.5.0");
+    assert_eq!(
+        read.version, "1.4.0",
+        "a declared tool keeps its declared version"
+    );
+    s.record_discovered("files", "1.6.0", &["write".into()], 21)
+        .await
+        .unwrap();
+    assert_eq!(
+        s.tool("files", "write").await.unwrap().unwrap().version,
+        "1.6.0",
+        "a reported one follows"
+    );
     assert_eq!(
         s.tool("files", "old_read")
             .await

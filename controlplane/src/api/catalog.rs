@@ -448,6 +448,7 @@ pub async fn discovered(
     for n in &names {
         check_name("tool name", n)?;
     }
+    let before = app.store.tools(Some(&d.server)).await?;
     let new = app
         .store
         .record_discovered(&d.server, &version, &names, now_ms())
@@ -455,5 +456,21 @@ pub async fn discovered(
     if new > 0 {
         tracing::info!(hub = %hub, server = %d.server, new, "hub reported new tools (awaiting approval)");
     }
-    Ok(json(&json!({"new": new, "known": names.len() - new})))
+    // A new version of a published (approved or retired) tool changes what hubs see.
+    let moved = before
+        .iter()
+        .filter(|t| t.source == "reported" && t.version != version)
+        .filter(|t| t.approved || t.lifecycle == "retired")
+        .any(|t| names.contains(&t.name));
+    let snapshot = if moved {
+        Some(
+            app.changed(&format!("server {} reported version {version}", d.server))
+                .await?,
+        )
+    } else {
+        None
+    };
+    Ok(json(
+        &json!({"new": new, "known": names.len() - new, "snapshot": snapshot}),
+    ))
 }

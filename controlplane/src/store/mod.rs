@@ -313,8 +313,9 @@ pub trait Store: Send + Sync + 'static {
     async fn tool(&self, server: &str, name: &str) -> StoreResult<Option<ToolRow>>;
     /// Tools of one server, or of all servers, by (server, name).
     async fn tools(&self, server: Option<&str>) -> StoreResult<Vec<ToolRow>>;
-    /// Records tools a hub discovered; existing tools keep their approval and lifecycle (their
-    /// version is updated). Returns how many were new.
+    /// Records tools a hub discovered; existing tools keep their approval and lifecycle (the
+    /// version of a reported tool follows the report; a declared tool keeps its declared
+    /// version). Returns how many were new.
     async fn record_discovered(
         &self,
         server: &str,

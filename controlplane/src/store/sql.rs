@@ -442,7 +442,7 @@ impl Store for SqlStore {
             if n == 0 {
                 let upd = self.q(
                     "UPDATE tools SET version = ?, updated_ms = ? WHERE server = ? AND name = ? \
-                     AND version <> ?",
+                     AND version <> ? AND source = 'reported'",
                 );
                 sqlx::query(&upd)
                     .bind(version)
