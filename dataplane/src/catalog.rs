@@ -27,6 +27,7 @@ use crate::federation::{self, Item, ListKind, Merged, UpstreamList};
 use crate::hub::{lifecycle, upstream_failure, Worker};
 use crate::session::{Session, UpstreamSession};
 use crate::upstream::{self, Pool, UpstreamError};
+use mcp_wire::modern::CacheHints;
 
 /// A class of client sessions that see the same upstream lists: a hash of the capabilities
 /// their client declared.
@@ -36,6 +37,8 @@ pub type CapsClass = u64;
 struct Entry {
     list: Option<Arc<UpstreamList>>,
     fetched: Instant,
+    /// How long this copy is served: `catalog_ttl`, or less when the upstream's `ttlMs` says so.
+    ttl: Duration,
     /// Set while a fetch is under way (single flight).
     fetching: bool,
     /// Bumped by every invalidation, so a fetch that raced one does not count as fresh.
@@ -130,13 +133,15 @@ impl Catalog {
     ) -> Option<(Arc<UpstreamList>, Instant)> {
         let entries = self.upstreams.get(u)?.entries.lock();
         let e = entries.get(&(kind, class))?;
-        let l = e.list.clone().filter(|_| e.fetched.elapsed() < self.ttl)?;
+        let l = e.list.clone().filter(|_| e.fetched.elapsed() < e.ttl)?;
         Some((l, e.fetched))
     }
 }
 
 /// Fetches every page of one upstream list, from the replica of `us` (bounded to 1000 pages; a
-/// repeated cursor ends it).
+/// repeated cursor ends it), with the caching hints of its first page when it has them (a
+/// 2026-07-28 upstream). A modern upstream session needs `envelope`, the `_meta` object every
+/// request carries (see [`lifecycle::envelope`]).
 ///
 /// # Errors
 /// [`FetchError`] on the first failing page.
@@ -145,13 +150,22 @@ pub async fn fetch_list(
     up: &crate::config::Upstream,
     us: &UpstreamSession,
     kind: ListKind,
-) -> Result<Vec<Item>, FetchError> {
+    envelope: Option<&str>,
+) -> Result<(Vec<Item>, Option<CacheHints>), FetchError> {
     let mut items = Vec::new();
+    let mut hints = None;
     let mut cursor: Option<String> = None;
-    for _page in 0..1000 {
+    for page_no in 0..1000 {
         let mut body = br#"{"jsonrpc":"2.0","id":"mg-list","method":""#.to_vec();
         body.extend_from_slice(kind.method().as_bytes());
         body.extend_from_slice(b"\",\"params\":{");
+        if let Some(env) = envelope.filter(|_| us.is_modern()) {
+            body.extend_from_slice(b"\"_meta\":");
+            body.extend_from_slice(env.as_bytes());
+            if cursor.is_some() {
+                body.push(b',');
+            }
+        }
         if let Some(c) = &cursor {
             body.extend_from_slice(b"\"cursor\":");
             mcp_wire::jsonrpc::push_json_str(&mut body, c);
@@ -159,13 +173,19 @@ pub async fn fetch_list(
         body.extend_from_slice(b"}}");
         let (resp, _) = upstream::request(pool, up, us.replica, Some(us), &body).await?;
         let (page, next) = federation::parse_page(kind, &resp)?;
+        if page_no == 0 && us.is_modern() {
+            hints = mcp_wire::modern::result_span(&resp)
+                .ok()
+                .flatten()
+                .and_then(|r| mcp_wire::modern::cache_hints(&resp[r]).ok().flatten());
+        }
         items.extend(page);
         match next {
             Some(c) if Some(&c) != cursor.as_ref() => cursor = Some(c),
             _ => break,
         }
     }
-    Ok(items)
+    Ok((items, hints))
 }
 
 /// Why an upstream list could not be fetched.
@@ -223,10 +243,11 @@ pub async fn upstream_list(
             let e = entries.entry(key).or_insert_with(|| Entry {
                 list: None,
                 fetched: Instant::now(),
+                ttl: cat.ttl,
                 fetching: false,
                 epoch: 0,
             });
-            if let Some(l) = e.list.clone().filter(|_| e.fetched.elapsed() < cat.ttl) {
+            if let Some(l) = e.list.clone().filter(|_| e.fetched.elapsed() < e.ttl) {
                 return Ok(l);
             }
             if !e.fetching {
@@ -249,8 +270,15 @@ pub async fn upstream_list(
     let us = crate::pipeline::affinity::upstream_session(w, session, u).await?;
     let list = if us.has_capability(kind.capability()) {
         cat.fetches[kind as usize].fetch_add(1, Ordering::Relaxed);
-        match fetch_list(&w.pool, w.upstream(u), &us, kind).await {
-            Ok(items) => Arc::new(UpstreamList::new(kind, items)),
+        let env = us.is_modern().then(|| {
+            lifecycle::envelope(session.client_capabilities.get(), session.client_info.get())
+        });
+        match fetch_list(&w.pool, w.upstream(u), &us, kind, env.as_deref()).await {
+            Ok((items, hints)) => {
+                let mut l = UpstreamList::new(kind, items);
+                l.hints = hints;
+                Arc::new(l)
+            }
             Err(FetchError::Upstream(UpstreamError::SessionGone)) => {
                 lifecycle::drop_upstream_session(&w.hub, session, u, us.generation);
                 return Err(ProxyError::new(
@@ -279,6 +307,10 @@ pub async fn upstream_list(
         if e.epoch == epoch {
             e.list = Some(list.clone());
             e.fetched = Instant::now();
+            // The hub's cache honours the upstream's own caching hint.
+            e.ttl = list
+                .hints
+                .map_or(cat.ttl, |h| cat.ttl.min(Duration::from_millis(h.ttl_ms)));
         }
     }
     drop(entries);
@@ -305,14 +337,17 @@ pub async fn merged(w: &Worker, session: &Arc<Session>, kind: ListKind) -> Arc<M
     }
     let n = w.hub.snap.upstreams.len();
     let mut lists = Vec::with_capacity(n);
-    let mut oldest = Instant::now();
+    let mut expires = Instant::now() + cat.ttl;
     for u in 0..n {
         if mask & (1 << u) == 0 {
             lists.push(None);
             continue;
         }
         if let Some((l, at)) = cat.cached_since(u, kind, session.caps_class) {
-            oldest = oldest.min(at);
+            let ttl = l
+                .hints
+                .map_or(cat.ttl, |h| cat.ttl.min(Duration::from_millis(h.ttl_ms)));
+            expires = expires.min(at + ttl);
             lists.push(Some(l));
             continue;
         }
@@ -337,7 +372,7 @@ pub async fn merged(w: &Worker, session: &Arc<Session>, kind: ListKind) -> Arc<M
         key,
         list: m.clone(),
         epoch,
-        expires: oldest + cat.ttl,
+        expires,
     });
     m
 }

@@ -118,6 +118,8 @@ pub struct UpstreamList {
     /// Tools that may safely run twice (annotated `readOnlyHint: true` or
     /// `idempotentHint: true`), by original name; read once, when the list is fetched.
     retry_safe: std::collections::HashSet<Arc<str>>,
+    /// The upstream's caching hints for this list (2026-07-28 upstreams; `None` for legacy).
+    pub hints: Option<mcp_wire::modern::CacheHints>,
 }
 
 impl UpstreamList {
@@ -132,7 +134,11 @@ impl UpstreamList {
         } else {
             Default::default()
         };
-        Self { items, retry_safe }
+        Self {
+            items,
+            retry_safe,
+            hints: None,
+        }
     }
 
     /// For a tools list: whether the tool `name` (its original name) declares
@@ -175,6 +181,9 @@ pub struct Merged {
     /// The upstream lists it was built from (by upstream index; `None` = skipped), so a cache
     /// can tell whether it is still current.
     pub parts: Vec<Option<Arc<UpstreamList>>>,
+    /// The caching hints of the merged list for a 2026-07-28 client: the minimum TTL of its
+    /// parts, `private` if any part is (a legacy part counts as `ttlMs: 0`, private).
+    pub hints: Option<mcp_wire::modern::CacheHints>,
 }
 
 #[derive(Deserialize)]
@@ -311,6 +320,10 @@ pub fn merge(
     let mut m = Merged {
         mask,
         parts: lists.to_vec(),
+        hints: Some(mcp_wire::modern::merge_cache_hints(
+            lists.iter().flatten().map(|l| l.hints),
+            false,
+        )),
         ..Merged::default()
     };
     for (u, list) in lists.iter().enumerate() {

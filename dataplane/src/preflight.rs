@@ -79,9 +79,11 @@ async fn names_of(
     .map_err(|_| "handshake timed out".to_string())?
     .map_err(|e| e.to_string())?;
     let names = if us.has_capability(kind.capability()) {
-        fetch_list(pool, up, &us, kind)
+        let env = crate::hub::lifecycle::envelope("{}", info);
+        fetch_list(pool, up, &us, kind, Some(&env))
             .await
             .map_err(|e| e.to_string())?
+            .0
             .into_iter()
             .map(|i| i.key.to_string())
             .collect()

@@ -110,6 +110,12 @@ pub struct UpstreamSession {
 }
 
 impl UpstreamSession {
+    /// Whether this is a 2026-07-28 (stateless) upstream: no session id; every request carries
+    /// its `_meta` envelope and mirrored headers.
+    pub fn is_modern(&self) -> bool {
+        mcp_wire::modern::is_modern_version(&self.version)
+    }
+
     /// Whether the upstream declared a top-level capability, e.g. `logging`.
     pub fn has_capability(&self, name: &str) -> bool {
         self.capabilities.get(name).is_some()
@@ -195,6 +201,11 @@ pub struct SessionState {
     /// Bumped by each standalone GET stream; an older stream ends when it sees a newer one
     /// (a reconnecting client takes over instead of getting a conflict).
     pub get_stream_gen: u64,
+    /// Per upstream: the last event id seen on its GET stream and the upstream-session
+    /// generation it belongs to. A GET stream that re-attaches (after a break, or a newer client
+    /// GET taking over) resumes from there with `Last-Event-ID`, so nothing the upstream sent
+    /// in between is lost.
+    pub upstream_get_ids: Vec<Option<(u64, String)>>,
 }
 
 /// A client session.
@@ -210,6 +221,10 @@ pub struct Session {
     pub client_capabilities: Box<serde_json::value::RawValue>,
     /// The client's `clientInfo` object, as sent.
     pub client_info: Box<serde_json::value::RawValue>,
+    /// A hub-held session that carries 2026-07-28 (stateless) clients' requests to the
+    /// upstreams (one per principal and declared capabilities): it prefers modern upstream
+    /// sessions, and is never named to a client.
+    pub modern: bool,
     /// Sessions whose clients declared the same capabilities see the same upstream lists
     /// ([`crate::catalog`]).
     pub caps_class: u64,
@@ -254,14 +269,57 @@ impl Session {
         client_info: Box<serde_json::value::RawValue>,
         upstreams: usize,
     ) -> Arc<Self> {
+        Self::build(
+            id,
+            principal,
+            version,
+            client_capabilities,
+            client_info,
+            upstreams,
+            false,
+        )
+    }
+
+    /// The hub-held session that carries a 2026-07-28 client's requests (see
+    /// [`Session::modern`]): legacy upstreams get the hub's own sessions under it (at the newest
+    /// legacy revision), modern upstreams are reached statelessly.
+    pub fn stateless(
+        id: Arc<str>,
+        principal: &str,
+        client_capabilities: Box<serde_json::value::RawValue>,
+        client_info: Box<serde_json::value::RawValue>,
+        upstreams: usize,
+    ) -> Arc<Self> {
+        Self::build(
+            id,
+            principal,
+            mcp_wire::mcp::V2025_11_25,
+            client_capabilities,
+            client_info,
+            upstreams,
+            true,
+        )
+    }
+
+    fn build(
+        id: Arc<str>,
+        principal: &str,
+        version: &'static str,
+        client_capabilities: Box<serde_json::value::RawValue>,
+        client_info: Box<serde_json::value::RawValue>,
+        upstreams: usize,
+        modern: bool,
+    ) -> Arc<Self> {
         let state = SessionState {
             upstreams: vec![None; upstreams],
             opening: vec![false; upstreams],
+            upstream_get_ids: vec![None; upstreams],
             ..SessionState::default()
         };
         Arc::new(Session {
             id,
             principal: Arc::from(principal),
+            modern,
             created_unix_ms: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),

@@ -238,9 +238,9 @@ pub enum Reply {
 fn header_list<'a>(
     us: Option<&'a UpstreamSession>,
     accept: &'a [u8],
-    extra: Option<(&'a str, &'a [u8])>,
-) -> ([(&'a str, &'a [u8]); 5], usize) {
-    let mut h: [(&str, &[u8]); 5] = [("", b""); 5];
+    extra: &[(&'a str, &'a [u8])],
+) -> ([(&'a str, &'a [u8]); 8], usize) {
+    let mut h: [(&str, &[u8]); 8] = [("", b""); 8];
     let mut n = 0;
     h[n] = ("Accept", accept);
     n += 1;
@@ -254,11 +254,31 @@ fn header_list<'a>(
         h[n] = ("MCP-Protocol-Version", us.version.as_bytes());
         n += 1;
     }
-    if let Some(e) = extra {
-        h[n] = e;
+    for e in extra.iter().take(h.len() - n) {
+        h[n] = *e;
         n += 1;
     }
     (h, n)
+}
+
+/// The headers a 2026-07-28 upstream requires mirrored from the body (`Mcp-Method`, and
+/// `Mcp-Name` for tools/call, prompts/get, resources/read), read from the body itself so they
+/// always match it. Values that are not plain ASCII go in the spec's `=?base64?…?=` form.
+fn modern_headers(body: &[u8]) -> (Option<String>, Option<String>) {
+    let Ok(p) = mcp_wire::peek(body) else {
+        return (None, None);
+    };
+    let method = p.method.as_deref().map(str::to_string);
+    let name = match method.as_deref() {
+        Some(m) if mcp_wire::modern::needs_name_header(m) => p
+            .name
+            .as_ref()
+            .map(|n| n.value.to_string())
+            .or_else(|| p.uri.as_deref().map(str::to_string))
+            .map(|v| mcp_wire::modern::encode_header_value(&v).into_owned()),
+        _ => None,
+    };
+    (method, name)
 }
 
 const ACCEPT_BOTH: &[u8] = b"application/json, text/event-stream";
@@ -329,7 +349,21 @@ pub async fn post(
     resend: Resend<'_>,
 ) -> Result<Reply, UpstreamError> {
     let fut = async {
-        let (h, n) = header_list(us, ACCEPT_BOTH, None);
+        let (method, name) = match us {
+            Some(us) if us.is_modern() => modern_headers(body),
+            _ => (None, None),
+        };
+        let mut extra: [(&str, &[u8]); 2] = [("", b""); 2];
+        let mut k = 0;
+        if let Some(m) = &method {
+            extra[k] = ("Mcp-Method", m.as_bytes());
+            k += 1;
+        }
+        if let Some(nm) = &name {
+            extra[k] = ("Mcp-Name", nm.as_bytes());
+            k += 1;
+        }
+        let (h, n) = header_list(us, ACCEPT_BOTH, &extra[..k]);
         let (head, mut conn) = exchange(pool, up, r, "POST", &h[..n], body, resend).await?;
         let session_id = head.headers.get_str("mcp-session-id").map(str::to_string);
         if head.status == 404 && us.is_some_and(|u| u.sid.is_some()) {
@@ -347,7 +381,12 @@ pub async fn post(
         }
         let body = conn.read_to_end(MAX_UPSTREAM_BODY).await?;
         pool.put(up, r, conn);
-        if head.status == 200 && content_type_is(&head, "application/json") {
+        // A 2026-07-28 upstream answers some errors with a 4xx and a JSON-RPC error body
+        // (-32020..-32022, -32602 for a bad envelope, 404 + -32601): that is an answer, relayed.
+        let modern_error = us.is_some_and(UpstreamSession::is_modern)
+            && (400..500).contains(&head.status)
+            && content_type_is(&head, "application/json");
+        if (head.status == 200 || modern_error) && content_type_is(&head, "application/json") {
             return Ok(Reply::Json {
                 status: head.status,
                 session_id,
@@ -381,8 +420,11 @@ pub async fn get_stream(
     last_event_id: Option<&str>,
 ) -> Result<Option<ClientConn>, UpstreamError> {
     let fut = async {
-        let extra = last_event_id.map(|id| ("Last-Event-ID", id.as_bytes()));
-        let (h, n) = header_list(Some(us), b"text/event-stream", extra);
+        let extra: Vec<(&str, &[u8])> = last_event_id
+            .map(|id| ("Last-Event-ID", id.as_bytes()))
+            .into_iter()
+            .collect();
+        let (h, n) = header_list(Some(us), b"text/event-stream", &extra);
         // Content-Type on a GET without body is harmless but odd; skip it.
         let hs: Vec<(&str, &[u8])> = h[..n]
             .iter()
@@ -414,7 +456,7 @@ pub async fn delete(pool: &Pool, up: &Upstream, us: &UpstreamSession) {
         return;
     }
     let fut = async {
-        let (h, n) = header_list(Some(us), ACCEPT_BOTH, None);
+        let (h, n) = header_list(Some(us), ACCEPT_BOTH, &[]);
         let hs: Vec<(&str, &[u8])> = h[..n]
             .iter()
             .copied()

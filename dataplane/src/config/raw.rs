@@ -63,10 +63,16 @@ pub struct HubConfig {
     pub sse_keepalive: Duration,
     /// Longest an upstream's cached list is served before it is fetched again (a `list_changed`
     /// from the upstream refreshes it at once).
-    #[serde(default = "default_catalog_ttl", deserialize_with = "meshgate_duration::deserialize")]
+    #[serde(
+        default = "default_catalog_ttl",
+        deserialize_with = "meshgate_duration::deserialize"
+    )]
     pub catalog_ttl: Duration,
     /// How often upstream host names are resolved again (also at once after a failed connect).
-    #[serde(default = "default_dns_refresh", deserialize_with = "meshgate_duration::deserialize")]
+    #[serde(
+        default = "default_dns_refresh",
+        deserialize_with = "meshgate_duration::deserialize"
+    )]
     pub dns_refresh: Duration,
     /// The MCP servers this hub federates.
     #[serde(default)]

@@ -192,6 +192,73 @@ impl ResolvedAddr {
     }
 }
 
+/// Which eras of MCP an upstream speaks, as learned at run time (the prober's `server/discover`
+/// and `initialize`, and every handshake): unknown until tried, then cached; a failed handshake
+/// forgets it so the next one probes again. Shared by every worker (one atomic).
+#[derive(Debug, Clone, Default)]
+pub struct EraCell(Arc<std::sync::atomic::AtomicU8>);
+
+impl EraCell {
+    const LEGACY_YES: u8 = 1;
+    const LEGACY_NO: u8 = 2;
+    const MODERN_YES: u8 = 4;
+    const MODERN_NO: u8 = 8;
+
+    fn get(&self) -> u8 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether it speaks the legacy era (sessions): `None` until known.
+    pub fn legacy(&self) -> Option<bool> {
+        let v = self.get();
+        (v & (Self::LEGACY_YES | Self::LEGACY_NO) != 0).then_some(v & Self::LEGACY_YES != 0)
+    }
+
+    /// Whether it speaks the modern era (2026-07-28): `None` until known.
+    pub fn modern(&self) -> Option<bool> {
+        let v = self.get();
+        (v & (Self::MODERN_YES | Self::MODERN_NO) != 0).then_some(v & Self::MODERN_YES != 0)
+    }
+
+    /// Records whether it speaks the legacy era; returns whether that changed what was known.
+    pub fn set_legacy(&self, yes: bool) -> bool {
+        self.set(Self::LEGACY_YES, Self::LEGACY_NO, yes)
+    }
+
+    /// Records whether it speaks the modern era; returns whether that changed what was known.
+    pub fn set_modern(&self, yes: bool) -> bool {
+        self.set(Self::MODERN_YES, Self::MODERN_NO, yes)
+    }
+
+    fn set(&self, yes_bit: u8, no_bit: u8, yes: bool) -> bool {
+        let bit = if yes { yes_bit } else { no_bit };
+        let old = self
+            .0
+            .fetch_update(
+                std::sync::atomic::Ordering::Relaxed,
+                std::sync::atomic::Ordering::Relaxed,
+                |v| Some((v & !(yes_bit | no_bit)) | bit),
+            )
+            .unwrap_or(0);
+        old & (yes_bit | no_bit) != bit
+    }
+
+    /// Forgets what was learned (a handshake failed: probe again).
+    pub fn forget(&self) {
+        self.0.store(0, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// `legacy`, `modern`, `dual` or `unknown`, for logs and `/metrics`.
+    pub fn label(&self) -> &'static str {
+        match (self.legacy(), self.modern()) {
+            (Some(true), Some(true)) => "dual",
+            (_, Some(true)) => "modern",
+            (Some(true), _) => "legacy",
+            _ => "unknown",
+        }
+    }
+}
+
 /// One endpoint of an upstream, resolved.
 #[derive(Debug, Clone)]
 pub struct Replica {
@@ -248,6 +315,8 @@ pub struct Upstream {
     pub health_interval: Duration,
     /// Idle pooled connections per worker.
     pub pool_size: usize,
+    /// Which eras of MCP it speaks (learned at run time).
+    pub era: EraCell,
 }
 
 /// The validated hub configuration.
@@ -589,6 +658,7 @@ impl Snapshot {
                 request_timeout: u.request_timeout,
                 health_interval: u.health_interval.max(Duration::from_millis(100)),
                 pool_size: u.pool_size,
+                era: EraCell::default(),
             });
         }
         let edge = cfg
@@ -708,6 +778,7 @@ impl Snapshot {
                 request_timeout: e.request_timeout,
                 health_interval: Duration::from_secs(3600),
                 pool_size: 64,
+                era: EraCell::default(),
             });
         }
     }

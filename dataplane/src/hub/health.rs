@@ -215,9 +215,21 @@ async fn probe_once(
     r: usize,
     session: &mut Option<UpstreamSession>,
 ) -> Result<(), UpstreamError> {
+    let info = r#"{"name":"meshgate-health","version":"0.1.0"}"#;
+    if up.era.modern().is_none() {
+        // Learn once whether it speaks 2026-07-28 too (shown in /metrics and the log).
+        let _ = super::lifecycle::open_in_era(&w.pool, up, r, "{}", info, 0, true).await;
+    }
+    if session.as_ref().is_some_and(UpstreamSession::is_modern) {
+        // Stateless: nothing to keep; `server/discover` again is the probe.
+        *session = None;
+    }
     if session.is_none() {
-        let info = r#"{"name":"meshgate-health","version":"0.1.0"}"#;
-        *session = Some(super::lifecycle::handshake(&w.pool, up, r, "{}", info, 0).await?);
+        let us = super::lifecycle::handshake(&w.pool, up, r, "{}", info, 0).await?;
+        if us.is_modern() {
+            return Ok(());
+        }
+        *session = Some(us);
     }
     let us = session.as_ref().ok_or(UpstreamError::SessionGone)?;
     let (resp, _) = upstream::request(

@@ -56,6 +56,10 @@ async fn run(hub: Arc<Hub>) {
             crate::persist::forget(&hub, &s.id, &s.principal);
             lifecycle::close_all(&w, &s).await;
         }
+        for s in hub.stateless.expire(hub.snap.session_ttl) {
+            tracing::debug!(session = %s.id, "idle stateless-client session ended");
+            lifecycle::close_all(&w, &s).await;
+        }
         expire_pending(&w).await;
         if let Some(store) = &hub.store {
             let up = store.status().up;
@@ -92,7 +96,13 @@ async fn run(hub: Arc<Hub>) {
 /// entry is gone, so a client that never answers costs bounded memory.
 async fn expire_pending(w: &Worker) {
     let max_age = w.hub.snap.pending_timeout;
-    for s in w.hub.sessions.all() {
+    for s in w
+        .hub
+        .sessions
+        .all()
+        .into_iter()
+        .chain(w.hub.stateless.all())
+    {
         let expired = s.expire_pending(max_age);
         for p in expired {
             let why = format!(

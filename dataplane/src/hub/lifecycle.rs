@@ -35,12 +35,160 @@ struct InitFields<'a> {
     capabilities: Option<&'a RawValue>,
 }
 
-/// Runs the MCP handshake with replica `r` of an upstream for a client that declared
-/// `capabilities`/`info`.
+/// Opens an upstream session with replica `r` for a client that declared
+/// `capabilities`/`info`, in the era the upstream speaks: a legacy `initialize` handshake, or,
+/// for a 2026-07-28 upstream, a `server/discover` (nothing to open: the result only tells the
+/// capabilities; every request carries its own `_meta`). `prefer_modern` (a modern client)
+/// tries `server/discover` first. What the upstream turned out to speak is cached in
+/// [`Upstream::era`]; a refusal that says "not this era" falls back to the other one.
 ///
 /// # Errors
-/// [`UpstreamError`] when the upstream cannot be reached or does not complete the handshake.
+/// [`UpstreamError`] when the upstream cannot be reached or speaks neither era.
 pub async fn handshake(
+    pool: &Pool,
+    up: &Upstream,
+    r: usize,
+    capabilities: &str,
+    client_info: &str,
+    generation: u64,
+) -> Result<UpstreamSession, UpstreamError> {
+    open_in_era(pool, up, r, capabilities, client_info, generation, false).await
+}
+
+/// As [`handshake`], preferring the modern era when `prefer_modern`.
+///
+/// # Errors
+/// As [`handshake`].
+pub async fn open_in_era(
+    pool: &Pool,
+    up: &Upstream,
+    r: usize,
+    capabilities: &str,
+    client_info: &str,
+    generation: u64,
+    prefer_modern: bool,
+) -> Result<UpstreamSession, UpstreamError> {
+    let try_modern_first = match (up.era.modern(), up.era.legacy()) {
+        (Some(false), _) => false,
+        (_, Some(false)) => true,
+        (m, _) => prefer_modern && m != Some(false),
+    };
+    if try_modern_first {
+        match discover(pool, up, r, capabilities, client_info, generation).await {
+            Ok(us) => return Ok(us),
+            Err(e) if up.era.legacy() == Some(false) => return Err(e),
+            Err(e) if up.era.modern() != Some(false) => return Err(e),
+            Err(_) => {}
+        }
+    }
+    match initialize(pool, up, r, capabilities, client_info, generation).await {
+        Ok(us) => {
+            if up.era.set_legacy(true) {
+                tracing::info!(upstream = %up.name, era = up.era.label(), "upstream speaks the legacy era (sessions)");
+            }
+            Ok(us)
+        }
+        Err(e) if refuses_legacy(&e) && up.era.modern() != Some(false) => {
+            if up.era.set_legacy(false) {
+                tracing::info!(upstream = %up.name, "upstream refuses initialize: it is a 2026-07-28 server");
+            }
+            discover(pool, up, r, capabilities, client_info, generation).await
+        }
+        Err(e) => Err(e),
+    }
+}
+
+/// Whether an `initialize` failure says "I do not speak the legacy era" (a 2026-07-28-only
+/// server answers `-32022` UnsupportedProtocolVersion, or 400/404/405 with a modern error).
+fn refuses_legacy(e: &UpstreamError) -> bool {
+    match e {
+        UpstreamError::Status(400 | 404 | 405, body) => {
+            body.contains("-32022") || body.contains("-32601") || body.contains("-32020")
+        }
+        UpstreamError::Protocol(m) => m.contains("-32022"),
+        _ => false,
+    }
+}
+
+/// The `_meta` envelope a 2026-07-28 upstream needs on every request, for a client that
+/// declared `capabilities`/`info` (raw JSON objects).
+pub fn envelope(capabilities: &str, client_info: &str) -> String {
+    format!(
+        "{{\"io.modelcontextprotocol/protocolVersion\":\"{}\",\"io.modelcontextprotocol/clientCapabilities\":{capabilities},\"io.modelcontextprotocol/clientInfo\":{client_info}}}",
+        mcp_wire::mcp::V2026_07_28
+    )
+}
+
+/// The modern-era "handshake": `server/discover` with the client's envelope. A result naming
+/// 2026-07-28 among `supportedVersions` makes this a modern upstream session (no id).
+async fn discover(
+    pool: &Pool,
+    up: &Upstream,
+    r: usize,
+    capabilities: &str,
+    client_info: &str,
+    generation: u64,
+) -> Result<UpstreamSession, UpstreamError> {
+    use mcp_wire::mcp::V2026_07_28;
+    let probe = UpstreamSession {
+        sid: None,
+        version: V2026_07_28.into(),
+        capabilities: Arc::new(serde_json::Value::Object(Default::default())),
+        generation,
+        replica: r,
+    };
+    let body = format!(
+        "{{\"jsonrpc\":\"2.0\",\"id\":\"mg-discover\",\"method\":\"server/discover\",\"params\":{{\"_meta\":{}}}}}",
+        envelope(capabilities, client_info)
+    );
+    let outcome = upstream::request(pool, up, r, Some(&probe), body.as_bytes()).await;
+    let resp = match outcome {
+        Ok((resp, _)) => resp,
+        Err(e @ (UpstreamError::Status(..) | UpstreamError::Protocol(_))) => {
+            if up.era.set_modern(false) {
+                tracing::debug!(upstream = %up.name, "upstream does not answer server/discover: not a 2026-07-28 server");
+            }
+            return Err(e);
+        }
+        Err(e) => return Err(e),
+    };
+    #[derive(Deserialize)]
+    struct Discover<'a> {
+        #[serde(borrow)]
+        result: Option<DiscoverFields<'a>>,
+    }
+    #[derive(Deserialize)]
+    struct DiscoverFields<'a> {
+        #[serde(rename = "supportedVersions", default)]
+        supported: Vec<String>,
+        #[serde(borrow, default)]
+        capabilities: Option<&'a RawValue>,
+    }
+    let parsed: Discover<'_> = serde_json::from_slice(&resp).unwrap_or(Discover { result: None });
+    let Some(res) = parsed
+        .result
+        .filter(|r| r.supported.iter().any(|v| v == V2026_07_28))
+    else {
+        up.era.set_modern(false);
+        return Err(UpstreamError::Protocol(
+            "server/discover did not offer 2026-07-28".into(),
+        ));
+    };
+    if up.era.set_modern(true) {
+        tracing::info!(upstream = %up.name, "upstream speaks the 2026-07-28 era (stateless)");
+    }
+    let caps: serde_json::Value = res
+        .capabilities
+        .and_then(|c| serde_json::from_str(c.get()).ok())
+        .unwrap_or(serde_json::Value::Object(Default::default()));
+    Ok(UpstreamSession {
+        capabilities: Arc::new(caps),
+        ..probe
+    })
+}
+
+/// The legacy handshake: `initialize`, then `notifications/initialized`.
+async fn initialize(
     pool: &Pool,
     up: &Upstream,
     r: usize,
@@ -228,13 +376,14 @@ pub async fn open(
             r,
             armed: true,
         };
-        let opened = handshake(
+        let opened = open_in_era(
             &w.pool,
             up,
             r,
             session.client_capabilities.get(),
             session.client_info.get(),
             w.hub.next_generation(),
+            session.modern,
         )
         .await;
         match opened {
@@ -251,7 +400,9 @@ pub async fn open(
             }
         }
     };
-    replay_state(w, session, u, &us).await;
+    if !us.is_modern() {
+        replay_state(w, session, u, &us).await;
+    }
     {
         let mut st = session.state.lock();
         if let Some(old) = st.upstreams[u].replace(us.clone()) {

@@ -39,6 +39,9 @@ pub struct Hub {
     pub snap: Arc<Snapshot>,
     /// Client sessions.
     pub sessions: SessionTable,
+    /// Hub-held sessions carrying 2026-07-28 clients' requests, one per (principal, declared
+    /// capabilities); never named to a client.
+    pub stateless: SessionTable,
     /// Upstream health and replica loads, by upstream index.
     pub health: Vec<UpstreamHealth>,
     /// Bumped whenever an upstream goes up or down (streams watch it to send `list_changed`).
@@ -90,6 +93,7 @@ impl Hub {
             health_epoch: AtomicU64::new(0),
             catalog: Catalog::new(n, snap.catalog_ttl),
             sessions: SessionTable::default(),
+            stateless: SessionTable::default(),
             generation: AtomicU64::new(1),
             bound: parking_lot::Mutex::new(None),
             unknown_sessions: crate::persist::NegativeCache::default(),

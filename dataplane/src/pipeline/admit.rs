@@ -82,6 +82,15 @@ pub fn origin_and_host(
 /// # Errors
 /// `NotAcceptable` (406), `UnsupportedMediaType` (415), `UnsupportedVersion` (400).
 pub fn post(req: &Request) -> Result<(), ProxyError> {
+    media_types(req)?;
+    version_header(req)
+}
+
+/// The media-type checks of a POST, for either era.
+///
+/// # Errors
+/// `NotAcceptable` (406), `UnsupportedMediaType` (415).
+pub fn media_types(req: &Request) -> Result<(), ProxyError> {
     let accept = req.head.headers.get_str("accept").unwrap_or("");
     if !accepts(accept, "application/json") || !accepts(accept, "text/event-stream") {
         return Err(ProxyError::new(
@@ -96,7 +105,7 @@ pub fn post(req: &Request) -> Result<(), ProxyError> {
             format!("Content-Type must be application/json, not {ct:?}"),
         ));
     }
-    version_header(req)
+    Ok(())
 }
 
 /// A GET must accept SSE and name a served revision.
@@ -147,6 +156,113 @@ pub fn peek(body: &[u8]) -> Result<Peeked<'_>, ProxyError> {
             ErrorKind::InvalidRequest
         };
         ProxyError::new(kind, e.to_string())
+    })
+}
+
+/// The era a POSTed message is served in (DESIGN.md §3): `initialize` or a session → legacy;
+/// a `_meta` protocol version (or else an `MCP-Protocol-Version` header) that is not a legacy
+/// revision → the 2026-07-28 stateless front. A modern request's `Mcp-Session-Id` is ignored,
+/// as the spec says for a modern server.
+pub fn era(req: &Request, msg: &Peeked<'_>) -> mcpv::Era {
+    let meta_version = msg
+        .params
+        .and_then(|p| mcp_wire::modern::peek_meta(p).ok())
+        .and_then(|m| m.protocol_version.map(|v| v.into_owned()));
+    // An `initialize` carrying a 2026-07-28 envelope is a modern client calling a removed
+    // method (404 `-32601`), not a legacy handshake.
+    if msg.method.as_deref() == Some(mcpv::method::INITIALIZE)
+        && meta_version
+            .as_deref()
+            .is_some_and(mcp_wire::modern::is_modern_version)
+    {
+        return mcpv::Era::Modern;
+    }
+    let v = mcp_wire::modern::request_era(
+        msg.method.as_deref(),
+        req.head.headers.get_str("mcp-session-id").is_some(),
+        meta_version.as_deref(),
+        req.head.headers.get_str("mcp-protocol-version"),
+    );
+    mcp_wire::modern::verdict_era(v)
+}
+
+/// What a 2026-07-28 request says about its client, from its `_meta` envelope.
+pub struct Envelope<'r> {
+    /// The negotiated (only) modern revision.
+    pub version: &'static str,
+    /// `clientCapabilities`, raw JSON object.
+    pub capabilities: &'r str,
+    /// `clientInfo`, raw JSON object (a default when absent).
+    pub info: &'r str,
+    /// Whether the request asked for log messages (`logLevel`); without it none may be sent.
+    pub log_level: bool,
+}
+
+/// The 2026-07-28 checks of a request (spec §3.2–3.3), in the order the spec's errors need:
+/// the `_meta` envelope (`-32602`, 400), the mirrored headers (`-32020`, 400), then the version
+/// (`-32022`, 400).
+///
+/// # Errors
+/// A [`ErrorKind::Modern`] refusal.
+pub fn modern<'r>(req: &'r Request, msg: &Peeked<'r>) -> Result<Envelope<'r>, ProxyError> {
+    use mcp_wire::modern::{self as m, ModernError};
+    let params = msg.params.unwrap_or("{}");
+    let meta = m::peek_meta(params).map_err(|_| {
+        ProxyError::modern(ModernError::InvalidMeta("params._meta is not valid JSON"))
+    })?;
+    if !meta.present {
+        return Err(ProxyError::modern(ModernError::InvalidMeta(
+            "params._meta is required",
+        )));
+    }
+    let Some(version) = meta.protocol_version.as_deref() else {
+        return Err(ProxyError::modern(ModernError::InvalidMeta(
+            "_meta[\"io.modelcontextprotocol/protocolVersion\"] must be a string",
+        )));
+    };
+    let Some(capabilities) = meta.client_capabilities.filter(|c| c.starts_with('{')) else {
+        return Err(ProxyError::modern(ModernError::InvalidMeta(
+            "_meta[\"io.modelcontextprotocol/clientCapabilities\"] must be an object",
+        )));
+    };
+    let h = &req.head.headers;
+    let params_headers: Vec<(&str, &str)> = h
+        .iter()
+        .filter_map(|(k, v)| {
+            k.get(..10)
+                .filter(|p| p.eq_ignore_ascii_case("mcp-param-"))?;
+            Some((&k[10..], std::str::from_utf8(v).ok()?))
+        })
+        .collect();
+    let headers = m::ModernHeaders {
+        protocol_version: h.get_str("mcp-protocol-version"),
+        method: h.get_str("mcp-method"),
+        name: h.get_str("mcp-name"),
+        params: params_headers,
+    };
+    let method = msg.method.as_deref().unwrap_or("");
+    let name = msg.name.as_ref().map(|n| &*n.value).or(msg.uri.as_deref());
+    let facts = m::BodyFacts {
+        method,
+        name,
+        meta_version: version,
+        mirrored_args: Vec::new(),
+    };
+    m::check_headers(&headers, &facts).map_err(|e| ProxyError::modern(e.into()))?;
+    let version = m::check_meta(&meta, &m::MODERN_REVISIONS).map_err(ProxyError::modern)?;
+    let version = m::MODERN_REVISIONS
+        .iter()
+        .copied()
+        .find(|v| *v == version)
+        .unwrap_or(mcpv::V2026_07_28);
+    Ok(Envelope {
+        version,
+        capabilities,
+        info: meta
+            .client_info
+            .filter(|i| i.starts_with('{'))
+            .unwrap_or(r#"{"name":"unknown","version":"0"}"#),
+        log_level: meta.log_level.is_some(),
     })
 }
 

@@ -104,7 +104,10 @@ async fn send_once(
 ) -> Sent {
     let r = us.replica;
     let out = match upstream::post(&w.pool, w.upstream(u), r, Some(us), body, resend).await {
-        Ok(Reply::Json { body, .. }) => Ok(Answer::Json(body)),
+        Ok(Reply::Json {
+            status: 200, body, ..
+        }) => Ok(Answer::Json(body)),
+        Ok(Reply::Json { status, body, .. }) => Ok(Answer::Status(status, body)),
         Ok(Reply::Stream { conn, .. }) => Ok(Answer::Stream(StreamSource {
             upstream: u,
             replica: r,
@@ -112,6 +115,7 @@ async fn send_once(
             conn,
             client_id: client_id.into(),
             cancel: cancel.clone(),
+            modern: us.is_modern(),
         })),
         Ok(Reply::Status(s)) => Err(ProxyError::new(
             crate::error::ErrorKind::UpstreamProtocol,

@@ -32,6 +32,7 @@ pub mod affinity;
 pub mod audit;
 pub mod forward;
 pub mod identify;
+pub mod modern;
 pub mod policy;
 pub mod relay;
 pub mod route;
@@ -138,6 +139,9 @@ pub enum Answer {
     Stream(relay::StreamSource),
     /// The client cancelled the request before the upstream answered: nothing more is sent.
     Cancelled,
+    /// A JSON-RPC error a 2026-07-28 upstream answered with an HTTP 4xx (relayed with it to a
+    /// modern client; a legacy client gets it with 200).
+    Status(u16, Bytes),
 }
 
 /// Handles one request on the MCP endpoint; returns whether the connection may be kept alive.
@@ -179,16 +183,26 @@ pub async fn handle(w: &Rc<Worker>, conn: &mut Conn, req: Request, bound_loopbac
 /// A POST: one message (or a 2025-03-26 batch) through the stages, answered, audited.
 pub async fn post(w: &Rc<Worker>, conn: &mut Conn, cx: &mut Ctx<'_>) -> bool {
     let req = cx.req;
-    if let Err(e) = admit::post(req) {
+    if let Err(e) = admit::media_types(req) {
         return reply_error(conn, &e, cx.keep_alive).await;
     }
     if mcp_wire::peek::is_batch(&req.body) {
+        if let Err(e) = admit::version_header(req) {
+            return reply_error(conn, &e, cx.keep_alive).await;
+        }
         return batch(w, conn, cx).await;
     }
     let msg = match admit::peek(&req.body) {
         Ok(m) => m,
         Err(e) => return reply_error(conn, &e, cx.keep_alive).await,
     };
+    // The era: a 2026-07-28 request runs the same stages statelessly.
+    if admit::era(req, &msg) == mcp_wire::mcp::Era::Modern {
+        return modern::post(w, conn, cx, msg).await;
+    }
+    if let Err(e) = admit::version_header(req) {
+        return reply_error(conn, &e.with_id(msg.id), cx.keep_alive).await;
+    }
     let mut call = Call::new(msg, req.body.clone());
     let answer = serve(w, cx, &mut call).await;
     let keep = respond(w, conn, cx, &mut call, answer).await;
@@ -233,7 +247,9 @@ async fn respond(
 ) -> bool {
     let keep = cx.keep_alive;
     let out = match answer {
-        Ok(Answer::Json(json)) => conn.write_full(200, &[JSON], &json, keep).await.is_ok() && keep,
+        Ok(Answer::Json(json) | Answer::Status(_, json)) => {
+            conn.write_full(200, &[JSON], &json, keep).await.is_ok() && keep
+        }
         Ok(Answer::Accepted) => conn.write_empty(202, &[], keep).await.is_ok() && keep,
         Ok(Answer::Opened { sid, json }) => {
             let headers = [JSON, ("Mcp-Session-Id", sid.as_bytes())];
@@ -322,7 +338,7 @@ async fn batch(w: &Rc<Worker>, conn: &mut Conn, cx: &mut Ctx<'_>) -> bool {
             serve(w, cx, &mut call).await
         };
         match answer {
-            Ok(Answer::Json(j)) => answers.push(relay::BatchPart::Json(j)),
+            Ok(Answer::Json(j) | Answer::Status(_, j)) => answers.push(relay::BatchPart::Json(j)),
             Ok(Answer::Accepted | Answer::Cancelled) => {}
             Ok(Answer::Opened { json, .. }) => answers.push(relay::BatchPart::Json(json)),
             Ok(Answer::Stream(src)) => answers.push(relay::BatchPart::Stream(src)),

@@ -52,6 +52,8 @@ pub struct StreamSource {
     pub client_id: Box<str>,
     /// Set when the client cancels the request.
     pub cancel: Arc<Cancel>,
+    /// Whether the upstream session is a 2026-07-28 one (its stream is already modern).
+    pub modern: bool,
 }
 
 /// One answer of a batch.
@@ -246,6 +248,7 @@ async fn relay_to_response(
         conn: up_conn,
         client_id,
         cancel,
+        modern: _,
     } = src;
     let up = w.upstream(u);
     let deadline = Instant::now() + up.request_timeout;
@@ -379,14 +382,12 @@ pub async fn get_stream(
     false
 }
 
-/// What the standalone stream knows of one upstream's GET stream.
+/// What the standalone stream knows of one upstream's GET stream (the last event id seen on it
+/// is kept in the session, `upstream_get_ids`, so a newer GET stream resumes it too).
 #[derive(Default, Clone)]
 struct Attached {
     /// The upstream-session generation whose GET stream is attached now.
     live: Option<u64>,
-    /// The last event id seen on that upstream's GET stream, with its generation: a stream that
-    /// broke is resumed from there.
-    last_id: Option<(u64, String)>,
     /// When a failed attach may be retried.
     retry_at: Option<Instant>,
 }
@@ -438,13 +439,18 @@ pub async fn standalone_stream(
                     continue;
                 }
             };
-            if a.live == Some(us.generation) {
+            if a.live == Some(us.generation) || us.is_modern() {
+                // Attached already; or a 2026-07-28 upstream, which has no GET stream.
                 continue;
             }
-            // The same upstream session's stream broke: resume it where it was, so what the
-            // upstream sent meanwhile is not lost.
-            let resume_from = a
-                .last_id
+            // Taken over by a newer GET: attach nothing more (a late attach could reach the
+            // upstream after the newer stream's and take its place there, e.g. at an edge).
+            if session.state.lock().get_stream_gen != my_gen {
+                break;
+            }
+            // The same upstream session's stream broke, or this stream took over from an older
+            // one: resume where it was, so what the upstream sent meanwhile is not lost.
+            let resume_from = session.state.lock().upstream_get_ids[u]
                 .as_ref()
                 .filter(|(g, _)| *g == us.generation)
                 .map(|(_, id)| id.clone());
@@ -458,6 +464,10 @@ pub async fn standalone_stream(
                 Err(e) => {
                     tracing::debug!(upstream = %w.upstream(u).name, error = %e, "upstream GET stream not available; retrying later");
                     a.retry_at = Some(Instant::now() + Duration::from_secs(1));
+                    if resume_from.is_some() {
+                        // Refused to resume: ask for a fresh stream next time.
+                        session.state.lock().upstream_get_ids[u] = None;
+                    }
                 }
             }
         }
@@ -469,7 +479,7 @@ pub async fn standalone_stream(
             Some((u, ReaderMsg::Event(ev))) => {
                 let generation = attached[u].live.unwrap_or(0);
                 if let Some(id) = &ev.id {
-                    attached[u].last_id = Some((generation, id.clone()));
+                    session.state.lock().upstream_get_ids[u] = Some((generation, id.clone()));
                 }
                 if ev.has_data && !ev.data.is_empty() {
                     let (data, _) = relay_message(w, session, u, generation, &ev.data, None).await;
@@ -478,7 +488,8 @@ pub async fn standalone_stream(
             }
             Some((u, ReaderMsg::End(_))) | Some((u, ReaderMsg::Failed(_))) => {
                 attached[u].live = None;
-                attached[u].retry_at = Some(Instant::now() + Duration::from_millis(200));
+                // Re-attached a second later, resuming from the last event id (nothing is lost).
+                attached[u].retry_at = Some(Instant::now() + Duration::from_secs(1));
             }
             None => {}
         }
@@ -542,4 +553,332 @@ pub async fn resume(
         }
     }
     conn.finish_stream().await.is_ok()
+}
+
+// === the 2026-07-28 era ===
+
+/// Writes one SSE event without an id (the modern era has no resumption).
+async fn write_event(conn: &mut Conn, buf: &mut Vec<u8>, data: &[u8]) -> bool {
+    buf.clear();
+    h1::encode_sse_event(buf, None, None, Some(data), None);
+    conn.write_chunk(buf).await.is_ok()
+}
+
+/// Relays an upstream SSE answer to a 2026-07-28 client's request: a modern upstream's events
+/// as they are; a legacy upstream's in the modern shape (log messages only when the request set
+/// `logLevel`, `list_changed` kept off request streams, `resultType` on the response, and a
+/// server→client request answered with an error, since this era has none). The client closing
+/// its stream is the cancellation: the relay stops and a legacy upstream gets
+/// `notifications/cancelled`.
+pub async fn modern_post_stream(
+    w: &Rc<Worker>,
+    conn: &mut Conn,
+    session: &Arc<Session>,
+    src: StreamSource,
+    log_level: bool,
+) -> bool {
+    let _guard = metrics::StreamGuard::new(&w.hub.metrics.open_streams);
+    let StreamSource {
+        upstream: u,
+        replica,
+        generation,
+        conn: up_conn,
+        client_id,
+        cancel,
+        modern,
+    } = src;
+    let up = w.upstream(u);
+    let mut client_ok = conn.start_stream(200, &SSE_HEADERS).await.is_ok();
+    let deadline = Instant::now() + up.request_timeout;
+    let keepalive = w.hub.snap.sse_keepalive;
+    let (tx, mut rx) = mpsc::channel::<((), ReaderMsg)>(64);
+    upstream::spawn_reader(up_conn, (), tx);
+    let mut buf = Vec::with_capacity(1024);
+    let mut last_write = Instant::now();
+    let mut done = false;
+    let mut failure = String::new();
+    while client_ok {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            failure = format!(
+                "upstream '{}' did not answer within {:?}",
+                up.name, up.request_timeout
+            );
+            break;
+        }
+        let msg = monoio::select! {
+            m = rx.recv() => m,
+            _ = cancel.cancelled() => { done = true; break; }
+            _ = monoio::time::sleep(keepalive.min(left)) => {
+                if last_write.elapsed() >= keepalive {
+                    client_ok = conn.write_chunk(h1::SSE_KEEPALIVE).await.is_ok();
+                    last_write = Instant::now();
+                }
+                continue;
+            }
+        };
+        let ev = match msg {
+            Some(((), ReaderMsg::Event(ev))) => ev,
+            Some(((), ReaderMsg::End(c))) => {
+                w.pool.put(up, replica, c);
+                failure = format!("upstream '{}' ended the stream without answering", up.name);
+                break;
+            }
+            Some(((), ReaderMsg::Failed(e))) => {
+                failure = format!("upstream '{}' stream failed: {e}", up.name);
+                break;
+            }
+            None => break,
+        };
+        if !ev.has_data || ev.data.is_empty() {
+            continue;
+        }
+        let data = ev.data.as_bytes();
+        let Ok(p) = mcp_wire::peek(data) else {
+            continue;
+        };
+        let out: Option<Bytes> = match p.kind {
+            Kind::Response if p.id == Some(&*client_id) => {
+                done = true;
+                Some(if modern {
+                    Bytes::copy_from_slice(data)
+                } else {
+                    let name = "";
+                    super::modern::modern_result(data, name)
+                })
+            }
+            Kind::Response => None,
+            Kind::Notification => {
+                let name = p.method.as_deref().unwrap_or("");
+                let kinds = ListKind::from_changed(name);
+                for k in kinds {
+                    w.hub.catalog.invalidate(u, *k);
+                }
+                let drop_it = !kinds.is_empty()
+                    || name == method::RESOURCES_UPDATED
+                    || (name == "notifications/message" && !log_level && !modern);
+                (!drop_it).then(|| Bytes::copy_from_slice(data))
+            }
+            Kind::Request if modern => None,
+            Kind::Request => {
+                // A legacy upstream asks the client something this era cannot carry as a
+                // request: it gets an error, the client sees the call's outcome.
+                let original = p.id.unwrap_or("null");
+                let pending = PendingRequest {
+                    upstream: u,
+                    original_id: original.into(),
+                    generation,
+                    created: Instant::now(),
+                };
+                let why = format!(
+                    "meshgate: the 2026-07-28 client cannot be sent {}",
+                    p.method.as_deref().unwrap_or("this request")
+                );
+                crate::hub::housekeeping::answer_upstream_with_error(w, session, &pending, &why)
+                    .await;
+                None
+            }
+        };
+        if let Some(out) = out {
+            client_ok = write_event(conn, &mut buf, &out).await;
+            last_write = Instant::now();
+        }
+        if done {
+            break;
+        }
+    }
+    session.state.lock().inflight.remove(&*client_id);
+    if !done && client_ok {
+        if failure.is_empty() {
+            failure = format!("upstream '{}' ended the stream without answering", up.name);
+        }
+        let err = error_object(
+            Some(&client_id),
+            mcp_wire::jsonrpc::code::INTERNAL_ERROR,
+            &failure,
+            None,
+        );
+        client_ok = write_event(conn, &mut buf, &err).await;
+    }
+    if !done && !client_ok && !modern {
+        // The client closed its stream: that is the cancel; tell the legacy upstream.
+        cancel_upstream(w, session, u, generation, &client_id).await;
+    }
+    client_ok && conn.finish_stream().await.is_ok()
+}
+
+/// Sends `notifications/cancelled` for `client_id` to upstream `u` (a 2026-07-28 client closed
+/// its stream, or went away).
+async fn cancel_upstream(
+    w: &Worker,
+    session: &Session,
+    u: usize,
+    generation: u64,
+    client_id: &str,
+) {
+    let us = session.state.lock().upstreams[u].clone();
+    let Some(us) = us.filter(|us| us.generation == generation) else {
+        return;
+    };
+    let mut body =
+        br#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"#.to_vec();
+    body.extend_from_slice(client_id.as_bytes());
+    body.extend_from_slice(br#","reason":"the client closed its stream"}}"#);
+    let up = w.upstream(u);
+    if let Err(e) = upstream::post(
+        &w.pool,
+        up,
+        us.replica,
+        Some(&us),
+        &body,
+        upstream::Resend::Safe,
+    )
+    .await
+    {
+        tracing::debug!(upstream = %up.name, error = %e, "cancelling upstream failed");
+    }
+}
+
+/// `subscriptions/listen` (2026-07-28): one long-lived stream for the client, acknowledged
+/// first, every notification tagged with the listen request's id, only the kinds the filter
+/// asked for. It is fed by the modern upstreams' own listen streams (opened with the same
+/// filter) and by the hub itself (`list_changed` when an upstream goes down or comes back).
+pub async fn listen(
+    w: &Rc<Worker>,
+    conn: &mut Conn,
+    session: &Arc<Session>,
+    id: &str,
+    filter: &mcp_wire::modern::ListenFilter,
+    capabilities: &str,
+    info: &str,
+) -> bool {
+    let _guard = metrics::StreamGuard::new(&w.hub.metrics.open_streams);
+    if conn.start_stream(200, &SSE_HEADERS).await.is_err() {
+        return false;
+    }
+    let mut buf = Vec::with_capacity(512);
+    // The hub can deliver every kind (it relays each upstream's and adds its own).
+    let ack = mcp_wire::modern::acknowledged(id, filter);
+    let mut client_ok = write_event(conn, &mut buf, &ack).await;
+    let n = w.hub.snap.upstreams.len();
+    let (tx, mut rx) = mpsc::channel::<(usize, ReaderMsg)>(64);
+    let env = crate::hub::lifecycle::envelope(capabilities, info);
+    let filter_json = listen_filter_json(filter);
+    let mut attached = vec![false; n];
+    let mut retry_at = vec![Instant::now(); n];
+    let keepalive = w.hub.snap.sse_keepalive;
+    let tick = keepalive.min(Duration::from_millis(250));
+    let mut last_write = Instant::now();
+    let mut seen_mask = w.hub.up_mask();
+    while client_ok && !session.is_closed() {
+        session.touch();
+        for u in 0..n {
+            if attached[u] || Instant::now() < retry_at[u] || !w.hub.is_up(u) {
+                continue;
+            }
+            let Ok(us) = super::affinity::upstream_session(w, session, u).await else {
+                retry_at[u] = Instant::now() + Duration::from_secs(1);
+                continue;
+            };
+            if !us.is_modern() {
+                // A legacy upstream's notifications come on a session GET stream, which this
+                // stream does not merge (yet): only the hub's own list_changed reaches it.
+                attached[u] = true;
+                continue;
+            }
+            let mut body = br#"{"jsonrpc":"2.0","id":"mg-listen","method":"subscriptions/listen","params":{"_meta":"#
+                .to_vec();
+            body.extend_from_slice(env.as_bytes());
+            body.extend_from_slice(b",\"notifications\":");
+            body.extend_from_slice(filter_json.as_bytes());
+            body.extend_from_slice(b"}}");
+            match upstream::post(
+                &w.pool,
+                w.upstream(u),
+                us.replica,
+                Some(&us),
+                &body,
+                upstream::Resend::Safe,
+            )
+            .await
+            {
+                Ok(upstream::Reply::Stream { conn: c, .. }) => {
+                    upstream::spawn_reader(c, u, tx.clone());
+                    attached[u] = true;
+                }
+                Ok(_) => attached[u] = true,
+                Err(e) => {
+                    tracing::debug!(upstream = %w.upstream(u).name, error = %e, "upstream listen stream not opened; retrying later");
+                    retry_at[u] = Instant::now() + Duration::from_secs(1);
+                }
+            }
+        }
+        let msg = monoio::select! {
+            m = rx.recv() => m,
+            _ = monoio::time::sleep(tick) => None,
+        };
+        match msg {
+            Some((u, ReaderMsg::Event(ev))) if ev.has_data && !ev.data.is_empty() => {
+                if let Ok(p) = mcp_wire::peek(ev.data.as_bytes()) {
+                    let name = p.method.as_deref().unwrap_or("");
+                    for k in ListKind::from_changed(name) {
+                        w.hub.catalog.invalidate(u, *k);
+                    }
+                    if p.kind == Kind::Notification
+                        && name != mcp_wire::modern::METHOD_SUBSCRIPTIONS_ACKNOWLEDGED
+                        && filter.allows(name, p.uri.as_deref())
+                    {
+                        if let Ok(tagged) =
+                            mcp_wire::modern::tag_subscription(ev.data.as_bytes(), id)
+                        {
+                            client_ok = write_event(conn, &mut buf, &tagged).await;
+                            last_write = Instant::now();
+                        }
+                    }
+                }
+            }
+            Some((_, ReaderMsg::Event(_))) => {}
+            Some((u, ReaderMsg::End(_) | ReaderMsg::Failed(_))) => {
+                attached[u] = false;
+                retry_at[u] = Instant::now() + Duration::from_secs(1);
+            }
+            None => {}
+        }
+        let mask = w.hub.up_mask();
+        if mask != seen_mask {
+            seen_mask = mask;
+            for note in [
+                method::TOOLS_LIST_CHANGED,
+                method::PROMPTS_LIST_CHANGED,
+                method::RESOURCES_LIST_CHANGED,
+            ] {
+                if !filter.allows(note, None) {
+                    continue;
+                }
+                let mut data = br#"{"jsonrpc":"2.0","method":""#.to_vec();
+                data.extend_from_slice(note.as_bytes());
+                data.extend_from_slice(b"\"}");
+                if let Ok(tagged) = mcp_wire::modern::tag_subscription(&data, id) {
+                    client_ok = write_event(conn, &mut buf, &tagged).await;
+                    last_write = Instant::now();
+                }
+            }
+        }
+        if client_ok && last_write.elapsed() >= keepalive {
+            client_ok = conn.write_chunk(h1::SSE_KEEPALIVE).await.is_ok();
+            last_write = Instant::now();
+        }
+    }
+    client_ok && conn.finish_stream().await.is_ok()
+}
+
+/// The `notifications` filter as JSON (what the hub asks its modern upstreams for).
+fn listen_filter_json(f: &mcp_wire::modern::ListenFilter) -> String {
+    serde_json::json!({
+        "toolsListChanged": f.tools_list_changed,
+        "promptsListChanged": f.prompts_list_changed,
+        "resourcesListChanged": f.resources_list_changed,
+        "resourceSubscriptions": f.resource_subscriptions,
+    })
+    .to_string()
 }

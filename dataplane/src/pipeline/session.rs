@@ -229,3 +229,41 @@ fn initialize_result(w: &Worker, version: &str) -> Vec<u8> {
     result.push(b'}');
     result
 }
+
+/// The hub-held session that carries a 2026-07-28 client's requests (no protocol session in
+/// that era): one per (principal, declared capabilities), found again on every request with the
+/// same envelope, so legacy upstreams keep one upstream session (and one replica) for them.
+/// Never named to a client; ends when idle like any session.
+pub fn stateless(w: &Worker, cx: &mut Ctx<'_>, env: &super::admit::Envelope<'_>) -> Arc<Session> {
+    if let Some(s) = &cx.session {
+        return s.clone();
+    }
+    let binding = cx.principal.binding();
+    let mut key = Vec::with_capacity(binding.len() + env.capabilities.len() + 1);
+    key.extend_from_slice(binding.as_bytes());
+    key.push(0);
+    key.extend_from_slice(env.capabilities.as_bytes());
+    let id = format!("~{:016x}", crate::ring::hash(&key));
+    let found =
+        w.hub.stateless.get(&id).filter(|s| {
+            *s.principal == *binding && s.client_capabilities.get() == env.capabilities
+        });
+    let s = found.unwrap_or_else(|| {
+        let caps = RawValue::from_string(env.capabilities.to_string())
+            .unwrap_or_else(|_| RawValue::from_string("{}".into()).expect("{} is JSON"));
+        let info = RawValue::from_string(env.info.to_string()).unwrap_or_else(|_| {
+            RawValue::from_string(r#"{"name":"unknown","version":"0"}"#.into())
+                .expect("literal is JSON")
+        });
+        let s = Session::stateless(
+            Arc::from(id.as_str()),
+            binding,
+            caps,
+            info,
+            w.hub.snap.upstreams.len(),
+        );
+        w.hub.stateless.insert_if_absent(s)
+    });
+    cx.session = Some(s.clone());
+    s
+}
