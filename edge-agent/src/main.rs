@@ -3,6 +3,7 @@
 //! - `run --config edge.yaml`: build the [`edge_agent::Surface`] and serve it through the tunnel
 //!   dialed out to the hub;
 //! - `check --config edge.yaml`: validate the config only;
+//! - `enroll --control URL --name N --token T --out DIR`: get the certificate (`src/enroll.rs`);
 //! - `pki quickstart --out DIR --hub-name N... --edge ID...`: write a CA and certificates;
 //! - `serve-local --config X --listen 127.0.0.1:0`: tests only, serves the surface on loopback.
 //!
@@ -14,6 +15,8 @@ use anyhow::Context;
 use clap::{Parser, Subcommand};
 
 use edge_agent::{EdgeConfig, Surface};
+
+mod enroll;
 
 // No mimalloc here (unlike the hub): on a small edge box idle memory matters more than
 // allocation speed, and mimalloc's per-thread segments cost ~11 MiB of RSS at idle (measured:
@@ -45,6 +48,8 @@ enum Cmd {
         #[arg(long, short)]
         config: PathBuf,
     },
+    /// Get (or renew) this edge's certificate from meshgate-control.
+    Enroll(enroll::EnrollArgs),
     /// Certificate helpers.
     Pki {
         #[command(subcommand)]
@@ -99,6 +104,7 @@ fn main() -> std::process::ExitCode {
 
 fn real_main(cli: Cli) -> anyhow::Result<()> {
     match cli.cmd {
+        Cmd::Enroll(a) => enroll::run(a),
         Cmd::Check { config } => {
             let c = EdgeConfig::load(&config)?;
             println!(
