@@ -322,9 +322,7 @@ fn expiry_loop(inner: std::sync::Weak<Inner>) {
             .clamp(1, 1000);
         let mut flag = inner.wake_lock.lock();
         if !*flag {
-            inner
-                .wake
-                .wait_for(&mut flag, Duration::from_millis(wait));
+            inner.wake.wait_for(&mut flag, Duration::from_millis(wait));
         }
         *flag = false;
     }
@@ -436,7 +434,9 @@ mod tests {
         // Either this call or the timer thread (racing it) expires the request, exactly once.
         let out = reg.expire_due(now_ms() + 1);
         assert!(out.len() <= 1);
-        assert!(out.iter().all(|d| d.decision.outcome == ApprovalOutcome::Expired));
+        assert!(out
+            .iter()
+            .all(|d| d.decision.outcome == ApprovalOutcome::Expired));
         assert_eq!(block_on(rx).unwrap().outcome, ApprovalOutcome::Expired);
         assert!(reg.pending().is_empty());
         assert_eq!(

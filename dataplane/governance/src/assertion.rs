@@ -199,18 +199,16 @@ impl AssertionSigner {
         principal: &Principal,
         audience: &str,
     ) -> Result<(Arc<str>, Arc<str>), AssertionError> {
-        Ok((Arc::from(&*self.header), self.assertion(principal, audience)?))
+        Ok((
+            Arc::from(&*self.header),
+            self.assertion(principal, audience)?,
+        ))
     }
 
     fn sign(&self, p: &Principal, audience: &str, now: u64) -> Result<String, AssertionError> {
         let mut jti = [0u8; 16];
         getrandom::fill(&mut jti).map_err(|e| AssertionError(e.to_string()))?;
-        let scope = p
-            .scopes
-            .iter()
-            .map(|s| &**s)
-            .collect::<Vec<_>>()
-            .join(" ");
+        let scope = p.scopes.iter().map(|s| &**s).collect::<Vec<_>>().join(" ");
         let claims = Claims {
             iss: &self.issuer,
             aud: audience,
@@ -263,8 +261,14 @@ mod tests {
             &key,
         )
         .unwrap();
-        let p = Principal::jwt("https://idp", "alice", ["ops"], ["a", "b"], Some(9_999_999_999))
-            .with_token_info(Some("cli"), None);
+        let p = Principal::jwt(
+            "https://idp",
+            "alice",
+            ["ops"],
+            ["a", "b"],
+            Some(9_999_999_999),
+        )
+        .with_token_info(Some("cli"), None);
         let t1 = s.assertion(&p, "payments").unwrap();
         let t2 = s.assertion(&p, "payments").unwrap();
         assert!(Arc::ptr_eq(&t1, &t2), "cached");
@@ -276,7 +280,10 @@ mod tests {
         v.set_audience(&["payments"]);
         v.set_issuer(&["https://hub.example.com"]);
         let d = jsonwebtoken::decode::<serde_json::Value>(&t1, &dk, &v).unwrap();
-        assert_eq!(d.header.kid.as_deref(), Some(jwks.keys[0].common.key_id.as_deref().unwrap()));
+        assert_eq!(
+            d.header.kid.as_deref(),
+            Some(jwks.keys[0].common.key_id.as_deref().unwrap())
+        );
         let c = d.claims;
         assert_eq!(c["sub"], "alice");
         assert_eq!(c["principal"], "jwt:https://idp#alice");

@@ -653,10 +653,8 @@ impl Writer {
         let start = buf.len();
         let env = Envelope {
             seq,
-            time: humantime::format_rfc3339_millis(
-                UNIX_EPOCH + Duration::from_millis(r.ts_ms),
-            )
-            .to_string(),
+            time: humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(r.ts_ms))
+                .to_string(),
             hub: &self.hub,
             record: r,
             prev,
@@ -755,7 +753,9 @@ pub enum VerifyError {
     #[error("head: {0}")]
     Head(String),
     /// The log ends before the record the head names.
-    #[error("line {line}: log truncated: the head names record {expected} but the log has {found}")]
+    #[error(
+        "line {line}: log truncated: the head names record {expected} but the log has {found}"
+    )]
     Truncated {
         /// The first missing line.
         line: u64,
@@ -785,7 +785,8 @@ pub fn verify_with_head(
     head_path: &Path,
     public_key: &VerifyingKey,
 ) -> Result<Summary, VerifyError> {
-    let data = std::fs::read(path).map_err(|e| VerifyError::Io(format!("{}: {e}", path.display())))?;
+    let data =
+        std::fs::read(path).map_err(|e| VerifyError::Io(format!("{}: {e}", path.display())))?;
     let mut expected_prev = ZERO_HASH.to_string();
     let mut n: u64 = 0;
     let mut hashes: Vec<String> = Vec::new();

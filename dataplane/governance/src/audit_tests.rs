@@ -185,7 +185,9 @@ fn a_failing_disk_stops_tool_calls_in_closed_mode() {
     cfg.head_path = Some(l.cfg.head());
     let log = AuditLog::open(&cfg, "hub-a", l.key.clone()).unwrap();
     assert!(!log.flush(Duration::from_secs(10)), "the write fails");
-    let err = log.submit(AuditRecord::new(AuditKind::ToolCall)).unwrap_err();
+    let err = log
+        .submit(AuditRecord::new(AuditKind::ToolCall))
+        .unwrap_err();
     assert!(err.0.contains("/dev/full"), "{err}");
     assert!(log.failure().is_some());
     assert!(log.dropped() >= 1);
@@ -224,6 +226,9 @@ fn a_full_queue_is_counted_and_refused_in_closed_mode() {
                 .unwrap()
         })
         .sum();
-    assert_eq!(lost, refused, "every refused record is accounted for in a gap record");
+    assert_eq!(
+        lost, refused,
+        "every refused record is accounted for in a gap record"
+    );
     assert_eq!(s.records, 1 + (10_000 - refused) + s.notices.len() as u64);
 }

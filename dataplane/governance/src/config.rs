@@ -194,7 +194,9 @@ mod tests {
             .err()
             .unwrap();
         assert!(e.to_string().contains("invalid duration"), "{e}");
-        let e = serde_json::from_str::<C>(r#"{"t":"1s","u":1}"#).err().unwrap();
+        let e = serde_json::from_str::<C>(r#"{"t":"1s","u":1}"#)
+            .err()
+            .unwrap();
         assert!(e.to_string().contains("unknown field `u`"), "{e}");
     }
 }

@@ -115,7 +115,8 @@ pub fn load_secret_key(file: Option<&Path>) -> Result<[u8; 32], SecretError> {
     let text = match file {
         Some(p) => {
             use std::os::unix::fs::PermissionsExt;
-            let meta = std::fs::metadata(p).map_err(|e| SecretError(format!("{}: {e}", p.display())))?;
+            let meta =
+                std::fs::metadata(p).map_err(|e| SecretError(format!("{}: {e}", p.display())))?;
             if meta.permissions().mode() & 0o077 != 0 {
                 return Err(SecretError(format!(
                     "{}: readable by group/others; chmod 600 it",
@@ -349,7 +350,7 @@ enum Source {
     },
     Exchange {
         ep: Arc<Endpoint>,
-        cfg: TokenExchangeConfig,
+        cfg: Box<TokenExchangeConfig>,
         slots: DashMap<Arc<str>, Arc<Mutex<Slot>>>,
     },
 }
@@ -449,12 +450,22 @@ impl Credentials {
             };
             let needs_net = u.client_credentials.is_some() || u.token_exchange.is_some();
             if needs_net && net.is_none() {
-                return Err(ConfigError::new(&field, "token endpoints need the network thread"));
+                return Err(ConfigError::new(
+                    &field,
+                    "token endpoints need the network thread",
+                ));
             }
             let source = if let Some(h) = &u.header {
-                let value = read_secret(need_key()?, &format!("{field}.header.secret_file"), &h.secret_file)?;
+                let value = read_secret(
+                    need_key()?,
+                    &format!("{field}.header.secret_file"),
+                    &h.secret_file,
+                )?;
                 if h.name.is_empty() || h.name.eq_ignore_ascii_case("host") {
-                    return Err(ConfigError::new(format!("{field}.header.name"), "not allowed"));
+                    return Err(ConfigError::new(
+                        format!("{field}.header.name"),
+                        "not allowed",
+                    ));
                 }
                 Source::Static(
                     Arc::from(h.name.as_str()),
@@ -473,7 +484,11 @@ impl Credentials {
                     c.allow_http,
                 )?;
                 let mut form = vec![("grant_type".to_string(), "client_credentials".to_string())];
-                for (k, v) in [("scope", &c.scope), ("resource", &c.resource), ("audience", &c.audience)] {
+                for (k, v) in [
+                    ("scope", &c.scope),
+                    ("resource", &c.resource),
+                    ("audience", &c.audience),
+                ] {
                     if let Some(v) = v {
                         form.push((k.to_string(), v.clone()));
                     }
@@ -509,7 +524,7 @@ impl Credentials {
                 )?;
                 Source::Exchange {
                     ep: Arc::new(ep),
-                    cfg: x.clone(),
+                    cfg: Box::new(x.clone()),
                     slots: DashMap::new(),
                 }
             } else {
@@ -560,16 +575,17 @@ impl Credentials {
             Source::Static(n, v) => out.push((n.clone(), v.clone())),
             Source::ClientCredentials { ep, form, slot } => {
                 let form = form.clone();
-                let t = self.token(slot, ep.clone(), move || form.as_ref().clone()).await?;
+                let t = self
+                    .token(slot, ep.clone(), move || form.as_ref().clone())
+                    .await?;
                 out.push((Arc::from("Authorization"), Arc::from(format!("Bearer {t}"))));
             }
             Source::Exchange { ep, cfg, slots } => {
                 let subject = match cfg.subject {
                     Subject::Assertion => {
-                        let s = self
-                            .signer
-                            .as_ref()
-                            .ok_or_else(|| CredentialError::Assertion("no assertion signer".into()))?;
+                        let s = self.signer.as_ref().ok_or_else(|| {
+                            CredentialError::Assertion("no assertion signer".into())
+                        })?;
                         (
                             s.assertion(principal, &ep.url)
                                 .map_err(|e| CredentialError::Assertion(e.to_string()))?
@@ -578,18 +594,17 @@ impl Credentials {
                         )
                     }
                     Subject::ClientToken => (
-                        client_token.ok_or(CredentialError::NoClientToken)?.to_string(),
+                        client_token
+                            .ok_or(CredentialError::NoClientToken)?
+                            .to_string(),
                         "urn:ietf:params:oauth:token-type:access_token",
                     ),
                 };
-                let slot = slots
-                    .entry(principal.id.clone())
-                    .or_default()
-                    .clone();
+                let slot = slots.entry(principal.id.clone()).or_default().clone();
                 if slots.len() > 100_000 {
                     slots.clear();
                 }
-                let cfg = cfg.clone();
+                let cfg = cfg.as_ref().clone();
                 let t = self
                     .token(&slot, ep.clone(), move || {
                         let mut f = vec![
@@ -606,7 +621,11 @@ impl Credentials {
                                 }),
                             ),
                         ];
-                        for (k, v) in [("audience", &cfg.audience), ("resource", &cfg.resource), ("scope", &cfg.scope)] {
+                        for (k, v) in [
+                            ("audience", &cfg.audience),
+                            ("resource", &cfg.resource),
+                            ("scope", &cfg.scope),
+                        ] {
                             if let Some(v) = v {
                                 f.push((k.to_string(), v.clone()));
                             }
@@ -708,15 +727,17 @@ async fn fetch_token(
         .post_form(&ep.url, ep.allow_http, ep.timeout, &pairs, &headers)
         .await
         .map_err(|e| err(e.to_string()))?;
-    let v: serde_json::Value = serde_json::from_slice(&r.body)
-        .map_err(|_| err(format!("HTTP {}: not JSON", r.status)))?;
+    let v: serde_json::Value =
+        serde_json::from_slice(&r.body).map_err(|_| err(format!("HTTP {}: not JSON", r.status)))?;
     if r.status != 200 {
         let e = v.get("error").and_then(|e| e.as_str()).unwrap_or("error");
         let d = v
             .get("error_description")
             .and_then(|e| e.as_str())
             .unwrap_or("");
-        return Err(err(format!("HTTP {}: {e} {d}", r.status).trim_end().to_string()));
+        return Err(err(format!("HTTP {}: {e} {d}", r.status)
+            .trim_end()
+            .to_string()));
     }
     let token = v
         .get("access_token")
@@ -766,7 +787,10 @@ mod tests {
             .unwrap()
             .block_on(c.headers("payments", &Principal::anonymous(), Some("client-token")))
             .unwrap();
-        assert_eq!(h, vec![(Arc::from("Authorization"), Arc::from("Bearer abc"))]);
+        assert_eq!(
+            h,
+            vec![(Arc::from("Authorization"), Arc::from("Bearer abc"))]
+        );
         assert!(!h.iter().any(|(_, v)| v.contains("client-token")));
         // Wrong key: the field is named.
         let e = Credentials::new(&cfg, Some(&[2u8; 32]), None, None).unwrap_err();
@@ -785,7 +809,11 @@ mod tests {
     fn secret_key_sources() {
         let dir = tempfile::tempdir().unwrap();
         let p = dir.path().join("k");
-        std::fs::write(&p, base64::engine::general_purpose::STANDARD.encode([3u8; 32])).unwrap();
+        std::fs::write(
+            &p,
+            base64::engine::general_purpose::STANDARD.encode([3u8; 32]),
+        )
+        .unwrap();
         use std::os::unix::fs::PermissionsExt;
         std::fs::set_permissions(&p, std::fs::Permissions::from_mode(0o644)).unwrap();
         assert!(load_secret_key(Some(&p)).unwrap_err().0.contains("chmod"));

@@ -673,7 +673,11 @@ impl Authenticator {
                 cache: DashMap::new(),
                 cache_max: s.token_cache_entries.max(1),
                 max_token: s.max_token_bytes,
-                leeway: s.jwt.as_ref().map(|j| j.leeway.get().as_secs()).unwrap_or(0),
+                leeway: s
+                    .jwt
+                    .as_ref()
+                    .map(|j| j.leeway.get().as_secs())
+                    .unwrap_or(0),
                 stats: AuthStats::default(),
             }),
         };
@@ -710,6 +714,8 @@ impl Authenticator {
     ///
     /// # Errors
     /// The last fetch error, or "timed out".
+    // Startup only, on the hub's main thread (documented above): sleeping there blocks nothing.
+    #[allow(clippy::disallowed_methods)]
     pub fn wait_ready(&self, timeout: Duration) -> Result<(), String> {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
@@ -751,7 +757,10 @@ impl Authenticator {
             *last = Some(Instant::now());
             j.jwks.in_flight.store(true, Ordering::Release);
         }
-        self.inner.stats.jwks_fetches.fetch_add(1, Ordering::Relaxed);
+        self.inner
+            .stats
+            .jwks_fetches
+            .fetch_add(1, Ordering::Relaxed);
         j.jwks.fetches.fetch_add(1, Ordering::Relaxed);
         let inner = self.inner.clone();
         j.net.spawn(async move {
@@ -868,7 +877,9 @@ impl Authenticator {
         }
         let h = trim(h);
         if h.len() < 7 || !h[..7].eq_ignore_ascii_case(b"bearer ") {
-            return Err(AuthError::Malformed("expected `Authorization: Bearer <token>`"));
+            return Err(AuthError::Malformed(
+                "expected `Authorization: Bearer <token>`",
+            ));
         }
         let t = trim(&h[7..]);
         if t.is_empty() {
@@ -880,7 +891,9 @@ impl Authenticator {
             .iter()
             .all(|c| c.is_ascii_alphanumeric() || b"-._~+/".contains(c))
         {
-            return Err(AuthError::Malformed("invalid characters in the bearer token"));
+            return Err(AuthError::Malformed(
+                "invalid characters in the bearer token",
+            ));
         }
         Ok(Some(t))
     }
@@ -1021,7 +1034,9 @@ impl Authenticator {
                         ErrorKind::MissingRequiredClaim(c) => {
                             AuthError::InvalidClaims(format!("missing `{c}`"))
                         }
-                        ErrorKind::Json(_) => AuthError::InvalidClaims("claims are not valid JSON of the right types".into()),
+                        ErrorKind::Json(_) => AuthError::InvalidClaims(
+                            "claims are not valid JSON of the right types".into(),
+                        ),
                         _ => AuthError::Malformed("undecodable JWT"),
                     };
                     // Only a bad signature is worth trying the next key for.
@@ -1076,7 +1091,12 @@ impl Authenticator {
 
     /// The `WWW-Authenticate` value for a 403 `insufficient_scope`: the needed scopes together
     /// with those already granted (so a step-up keeps them), the metadata URL and a description.
-    pub fn challenge_403(&self, needed: &[&str], granted: &[Arc<str>], description: &str) -> String {
+    pub fn challenge_403(
+        &self,
+        needed: &[&str],
+        granted: &[Arc<str>],
+        description: &str,
+    ) -> String {
         let mut scopes: Vec<&str> = granted.iter().map(|s| &**s).collect();
         for n in needed {
             if !scopes.contains(n) {
@@ -1093,8 +1113,14 @@ impl Authenticator {
 }
 
 fn trim(b: &[u8]) -> &[u8] {
-    let s = b.iter().position(|c| !c.is_ascii_whitespace()).unwrap_or(b.len());
-    let e = b.iter().rposition(|c| !c.is_ascii_whitespace()).map_or(s, |i| i + 1);
+    let s = b
+        .iter()
+        .position(|c| !c.is_ascii_whitespace())
+        .unwrap_or(b.len());
+    let e = b
+        .iter()
+        .rposition(|c| !c.is_ascii_whitespace())
+        .map_or(s, |i| i + 1);
     &b[s..e.max(s)]
 }
 
@@ -1191,7 +1217,9 @@ async fn fetch_keys(j: &Jwt) -> Result<KeySet, String> {
                     Err(e) => errors.push(e.to_string()),
                 }
             }
-            let u = found.ok_or_else(|| format!("no authorization server metadata: {}", errors.join("; ")))?;
+            let u = found.ok_or_else(|| {
+                format!("no authorization server metadata: {}", errors.join("; "))
+            })?;
             *j.jwks_uri.lock() = Some(u.clone());
             u
         }
@@ -1218,7 +1246,10 @@ fn parse_jwks(body: &[u8]) -> Result<KeySet, String> {
         ..Default::default()
     };
     for k in keys {
-        if k.get("use").and_then(Value::as_str).is_some_and(|u| u != "sig") {
+        if k.get("use")
+            .and_then(Value::as_str)
+            .is_some_and(|u| u != "sig")
+        {
             continue;
         }
         if k.get("kty").and_then(Value::as_str) == Some("oct") {

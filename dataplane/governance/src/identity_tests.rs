@@ -35,7 +35,10 @@ fn auth_none_only_on_loopback() {
     assert!(validate(&none, "[::1]:8080".parse().unwrap()).is_ok());
     let e = validate(&none, "0.0.0.0:8080".parse().unwrap()).unwrap_err();
     assert_eq!(e.field, "auth");
-    assert!(e.message.contains("loopback") && e.message.contains("0.0.0.0:8080"), "{e}");
+    assert!(
+        e.message.contains("loopback") && e.message.contains("0.0.0.0:8080"),
+        "{e}"
+    );
     let a = Authenticator::new(&none, None).unwrap();
     let p = a.authenticate_cached(None).unwrap().unwrap();
     assert_eq!(p.binding(), "anonymous");
@@ -49,10 +52,16 @@ fn config_errors_name_the_field() {
         serde_json::json!({"resource": "https://gw/mcp",
             "jwt": {"issuer": "https://idp", "algorithms": algs}})
     };
-    assert_eq!(bad(jwt(serde_json::json!(["RS256", "none"]))).field, "auth.jwt.algorithms[1]");
+    assert_eq!(
+        bad(jwt(serde_json::json!(["RS256", "none"]))).field,
+        "auth.jwt.algorithms[1]"
+    );
     let e = bad(jwt(serde_json::json!(["HS256"])));
     assert!(e.message.contains("shared-secret"), "{e}");
-    assert_eq!(bad(serde_json::json!({"resource": "https://gw/mcp"})).field, "auth");
+    assert_eq!(
+        bad(serde_json::json!({"resource": "https://gw/mcp"})).field,
+        "auth"
+    );
     assert_eq!(
         bad(serde_json::json!({"resource": "https://GW/mcp", "api_keys": []})).field,
         "auth.resource"
@@ -104,8 +113,14 @@ fn bad_headers_are_classified() {
     assert_eq!(check(None).status(), 401);
     assert!(matches!(check(Some(b"Basic abc")), AuthError::Malformed(_)));
     assert!(matches!(check(Some(b"Bearer ")), AuthError::Malformed(_)));
-    assert!(matches!(check(Some(b"Bearer a b")), AuthError::Malformed(_)));
-    assert!(matches!(check(Some(b"Bearer \xff\xfe")), AuthError::Malformed(_)));
+    assert!(matches!(
+        check(Some(b"Bearer a b")),
+        AuthError::Malformed(_)
+    ));
+    assert!(matches!(
+        check(Some(b"Bearer \xff\xfe")),
+        AuthError::Malformed(_)
+    ));
     let huge = format!("Bearer {}", "a".repeat(10 << 20));
     let e = check(Some(huge.as_bytes()));
     assert!(matches!(e, AuthError::TooLarge { max: 8192, .. }));
@@ -133,7 +148,10 @@ fn challenges_and_metadata() {
         "Bearer resource_metadata=\"https://gw.example.com/.well-known/oauth-protected-resource/mcp\", scope=\"mcp:tools\""
     );
     let v = a.challenge_401(&AuthError::Expired);
-    assert!(v.ends_with(", error=\"invalid_token\", error_description=\"token expired\""), "{v}");
+    assert!(
+        v.ends_with(", error=\"invalid_token\", error_description=\"token expired\""),
+        "{v}"
+    );
     let v = a.challenge_403(&["docs:read"], &[Arc::from("mcp:tools")], "needs \"docs\"");
     assert_eq!(
         v,

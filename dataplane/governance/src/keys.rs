@@ -65,10 +65,12 @@ pub fn write_signing_key(path: &Path, key: &SigningKey) -> Result<(), KeyError> 
         path: path.display().to_string(),
         source,
     };
-    let pem = key.to_pkcs8_pem(LineEnding::LF).map_err(|e| KeyError::Format {
-        path: path.display().to_string(),
-        why: e.to_string(),
-    })?;
+    let pem = key
+        .to_pkcs8_pem(LineEnding::LF)
+        .map_err(|e| KeyError::Format {
+            path: path.display().to_string(),
+            why: e.to_string(),
+        })?;
     let mut f = OpenOptions::new()
         .write(true)
         .create_new(true)

@@ -166,7 +166,9 @@ impl jsonschema::Retrieve for RefuseAll {
 }
 
 fn check_bounds(schema: &Value, limits: &SchemaLimits) -> Result<(), SchemaError> {
-    let bytes = serde_json::to_vec(schema).map(|v| v.len()).unwrap_or(usize::MAX);
+    let bytes = serde_json::to_vec(schema)
+        .map(|v| v.len())
+        .unwrap_or(usize::MAX);
     if bytes > limits.max_bytes {
         return Err(SchemaError::TooComplex(format!(
             "{bytes} bytes (limit {})",
@@ -227,7 +229,9 @@ impl ToolSchema {
                 let msg = e.to_string();
                 match msg.find(REFUSED) {
                     Some(i) => SchemaError::RemoteRef(
-                        msg[i + REFUSED.len()..].trim_start_matches(": ").to_string(),
+                        msg[i + REFUSED.len()..]
+                            .trim_start_matches(": ")
+                            .to_string(),
                     ),
                     None => SchemaError::Invalid(msg),
                 }
@@ -396,7 +400,9 @@ mod tests {
             &SchemaLimits::default(),
         )
         .unwrap();
-        assert!(s.validate_bytes(Some(br#"{"amount":5,"to":{"iban":"DE12"}}"#)).is_ok());
+        assert!(s
+            .validate_bytes(Some(br#"{"amount":5,"to":{"iban":"DE12"}}"#))
+            .is_ok());
         let e = s.validate_bytes(Some(br#"{"amount":0}"#)).unwrap_err();
         assert_eq!(e.path, "/amount");
         let e = s
@@ -409,7 +415,9 @@ mod tests {
         assert!(e.message.contains("amount"), "{e}");
         let e = s.validate_bytes(Some(b"{not json")).unwrap_err();
         assert!(e.message.contains("not JSON"));
-        let e = s.validate_bytes(Some(br#"{"amount":1,"x":1}"#)).unwrap_err();
+        let e = s
+            .validate_bytes(Some(br#"{"amount":1,"x":1}"#))
+            .unwrap_err();
         assert!(e.to_string().starts_with("invalid arguments at /"), "{e}");
     }
 
@@ -432,7 +440,10 @@ mod tests {
         .unwrap();
         assert!(d2020.validate(&json!({"n":5})).is_err());
         assert!(d2020.validate(&json!({"n":4,"other":"s"})).is_ok());
-        assert_eq!(d2020.validate(&json!({"other":1})).unwrap_err().path, "/other");
+        assert_eq!(
+            d2020.validate(&json!({"other":1})).unwrap_err().path,
+            "/other"
+        );
     }
 
     #[test]
@@ -443,14 +454,19 @@ mod tests {
             Err(SchemaError::RemoteRef(_))
         ));
         assert!(matches!(
-            ToolSchema::compile(&json!({"$schema":"https://example.com/meta","type":"object"}), &l),
+            ToolSchema::compile(
+                &json!({"$schema":"https://example.com/meta","type":"object"}),
+                &l
+            ),
             Err(SchemaError::RemoteRef(_) | SchemaError::Invalid(_))
         ));
         let mut deep = json!({"type":"object"});
         for _ in 0..100 {
             deep = json!({"type":"object","properties":{"a":deep}});
         }
-        assert!(matches!(ToolSchema::compile(&deep, &l), Err(SchemaError::TooComplex(m)) if m.contains("deeper")));
+        assert!(
+            matches!(ToolSchema::compile(&deep, &l), Err(SchemaError::TooComplex(m)) if m.contains("deeper"))
+        );
         let wide: serde_json::Map<String, Value> =
             (0..30_000).map(|i| (format!("p{i}"), json!(1))).collect();
         assert!(matches!(
@@ -475,7 +491,10 @@ mod tests {
         c.retain("u", 2);
         assert_eq!(c.len(), 1);
         let bad = json!({"$ref":"http://x/y"});
-        assert!(matches!(c.check(&key(3), &bad, None), Err(CheckError::Schema(_))));
+        assert!(matches!(
+            c.check(&key(3), &bad, None),
+            Err(CheckError::Schema(_))
+        ));
         let fwd = SchemaCache::new(&SchemaConfig {
             on_uncompilable: Uncompilable::Forward,
             ..Default::default()

@@ -1,5 +1,7 @@
 //! The identity module against the real test issuer over loopback: JWKS discovery and fetch,
 //! kid rotation → refresh, the refresh rate limit, and every bad-token class.
+// Test code: unwraps are assertions, and the stand-in servers run on plain tokio threads.
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
 
 mod support;
 
@@ -49,7 +51,10 @@ fn a_good_token_yields_the_principal_and_is_cached() {
     assert_eq!(a.stats().verifications.load(Ordering::Relaxed), 1);
     // Repeated: a cache hit, no second signature check, also on the sync fast path.
     let h = format!("Bearer {tok}");
-    assert_eq!(a.authenticate_cached(Some(h.as_bytes())).unwrap().unwrap(), p);
+    assert_eq!(
+        a.authenticate_cached(Some(h.as_bytes())).unwrap().unwrap(),
+        p
+    );
     assert_eq!(a.stats().verifications.load(Ordering::Relaxed), 1);
     assert_eq!(a.stats().cache_hits.load(Ordering::Relaxed), 1);
     // Discovery went through the RFC 8414 metadata, then one JWKS fetch.
@@ -63,9 +68,15 @@ fn every_bad_token_class_is_classified() {
     let cases: Vec<(&str, AuthError)> = vec![
         ("exp_in=-120", AuthError::Expired),
         ("nbf_in=600", AuthError::NotYetValid),
-        ("aud=https://other.example.com/mcp", AuthError::WrongAudience),
+        (
+            "aud=https://other.example.com/mcp",
+            AuthError::WrongAudience,
+        ),
         ("iss=https://evil.example.com", AuthError::WrongIssuer),
-        ("kid=no-such-key", AuthError::UnknownKid("no-such-key".into())),
+        (
+            "kid=no-such-key",
+            AuthError::UnknownKid("no-such-key".into()),
+        ),
         ("alg=none", AuthError::DisallowedAlg("none".into())),
         ("alg=HS256", AuthError::DisallowedAlg("HS256".into())),
         ("pad=20000", AuthError::TooLarge { len: 0, max: 8192 }),
@@ -104,14 +115,19 @@ fn every_bad_token_class_is_classified() {
     let forged = format!("{}.{}.{}", p[0], q[1], p[2]);
     assert_eq!(auth(&a, &forged).unwrap_err(), AuthError::InvalidSignature);
     // Garbage.
-    assert!(matches!(auth(&a, "e30.e30").unwrap_err(), AuthError::Malformed(_)));
+    assert!(matches!(
+        auth(&a, "e30.e30").unwrap_err(),
+        AuthError::Malformed(_)
+    ));
     assert!(matches!(
         block_on(a.authenticate(Some(b"Bearer \x01\x02"))).unwrap_err(),
         AuthError::Malformed(_)
     ));
     let huge = format!("Bearer {}", "a".repeat(10 << 20));
     assert_eq!(
-        block_on(a.authenticate(Some(huge.as_bytes()))).unwrap_err().status(),
+        block_on(a.authenticate(Some(huge.as_bytes())))
+            .unwrap_err()
+            .status(),
         431
     );
     // Still healthy afterwards.
@@ -137,16 +153,25 @@ fn rotation_refreshes_the_jwks_and_a_dropped_key_stops_verifying() {
     assert!(res.is_ok(), "{res:?}");
     assert_eq!(iss.stats()["jwks_fetches"], 2);
     // The old key was withdrawn: its token is no longer accepted, even though it was cached.
-    assert!(matches!(auth(&a, &old).unwrap_err(), AuthError::UnknownKid(_)));
+    assert!(matches!(
+        auth(&a, &old).unwrap_err(),
+        AuthError::UnknownKid(_)
+    ));
 }
 
 #[test]
 fn random_kids_cannot_hammer_the_issuer() {
     let iss = Issuer::start(&["--audience", RES]);
-    let a = Arc::new(authenticator(&iss, serde_json::json!({"unknown_kid_min_interval": "1h"})));
+    let a = Arc::new(authenticator(
+        &iss,
+        serde_json::json!({"unknown_kid_min_interval": "1h"}),
+    ));
     for i in 0..50 {
         let tok = iss.mint(&format!("kid=random-{i}"));
-        assert!(matches!(auth(&a, &tok).unwrap_err(), AuthError::UnknownKid(_)));
+        assert!(matches!(
+            auth(&a, &tok).unwrap_err(),
+            AuthError::UnknownKid(_)
+        ));
     }
     // The start-up fetch plus at most one refresh.
     let fetches = iss.stats()["jwks_fetches"].as_u64().unwrap();
@@ -158,7 +183,10 @@ fn random_kids_cannot_hammer_the_issuer() {
 fn allowed_algorithms_are_enforced_per_key_type() {
     let iss = Issuer::start(&["--audience", RES, "--alg", "ES256"]);
     let a = authenticator(&iss, serde_json::json!({}));
-    assert!(auth(&a, &iss.mint("sub=alice")).is_ok(), "ES256 is allowed by default");
+    assert!(
+        auth(&a, &iss.mint("sub=alice")).is_ok(),
+        "ES256 is allowed by default"
+    );
     let strict = authenticator(&iss, serde_json::json!({"algorithms": ["EdDSA"]}));
     assert_eq!(
         auth(&strict, &iss.mint("sub=alice")).unwrap_err(),

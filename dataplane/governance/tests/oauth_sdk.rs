@@ -6,6 +6,8 @@
 //! The endpoint here is a stand-in for the hub (which gets its `identify` stage from the lead):
 //! a small hyper server answering initialize / tools/list / tools/call in JSON, whose only
 //! security is `Authenticator::authenticate` and its 401 challenge.
+// Test code: unwraps are assertions, and the stand-in servers run on plain tokio threads.
+#![allow(clippy::unwrap_used, clippy::disallowed_methods)]
 
 mod support;
 
@@ -39,7 +41,7 @@ async fn serve(
     req: Request<hyper::body::Incoming>,
 ) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path().to_string();
-    if a.well_known_paths().iter().any(|p| *p == path) {
+    if a.well_known_paths().contains(&path) {
         return Ok(respond(
             StatusCode::OK,
             "application/json",
@@ -50,7 +52,11 @@ async fn serve(
         return Ok(respond(StatusCode::NOT_FOUND, "text/plain", "not found"));
     }
     if req.method() != hyper::Method::POST {
-        return Ok(respond(StatusCode::METHOD_NOT_ALLOWED, "text/plain", "POST only"));
+        return Ok(respond(
+            StatusCode::METHOD_NOT_ALLOWED,
+            "text/plain",
+            "POST only",
+        ));
     }
     let header = req
         .headers()
@@ -86,8 +92,10 @@ async fn serve(
             "serverInfo": {"name": "protected-stand-in", "version": "0.1.0"}
         }),
         "ping" => json!({}),
-        "tools/list" => json!({"tools": [{"name": "whoami", "description": "the caller's principal",
-                                           "inputSchema": {"type": "object"}}]}),
+        "tools/list" => {
+            json!({"tools": [{"name": "whoami", "description": "the caller's principal",
+                                           "inputSchema": {"type": "object"}}]})
+        }
         "tools/call" => json!({"content": [{"type": "text",
             "text": format!("{} roles={}", principal.binding(), principal.roles.join(","))}]}),
         other => {
@@ -131,7 +139,9 @@ fn the_official_sdk_client_completes_the_oauth_flow() {
     std::thread::spawn(move || {
         rt.block_on(async move {
             loop {
-                let Ok((tcp, _)) = listener.accept().await else { continue };
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
                 let (a, c) = (a2.clone(), c2.clone());
                 tokio::spawn(async move {
                     let svc = hyper::service::service_fn(move |r| serve(a.clone(), c.clone(), r));
@@ -145,8 +155,18 @@ fn the_official_sdk_client_completes_the_oauth_flow() {
 
     let mut child = Command::new(&node)
         .arg(kit.join("oauth-client.mjs"))
-        .args(["--url", &resource, "--tool", "whoami", "--timeout-ms", "60000"])
-        .args(["--expect", &format!("jwt:{}#alice roles=ops,viewer", issuer.url)])
+        .args([
+            "--url",
+            &resource,
+            "--tool",
+            "whoami",
+            "--timeout-ms",
+            "60000",
+        ])
+        .args([
+            "--expect",
+            &format!("jwt:{}#alice roles=ops,viewer", issuer.url),
+        ])
         .current_dir(&kit)
         .stdout(Stdio::piped())
         .stderr(Stdio::piped())
@@ -164,7 +184,10 @@ fn the_official_sdk_client_completes_the_oauth_flow() {
     let stdout = String::from_utf8_lossy(&out.stdout);
     eprintln!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "oauth-client.mjs failed");
-    assert!(stdout.lines().any(|l| l == "8 passed, 0 failed"), "{stdout}");
+    assert!(
+        stdout.lines().any(|l| l == "8 passed, 0 failed"),
+        "{stdout}"
+    );
     for check in [
         "ok - unauthenticated request gets 401 with resource_metadata",
         "ok - SDK discovers, registers a client and asks for authorization",
@@ -175,5 +198,8 @@ fn the_official_sdk_client_completes_the_oauth_flow() {
     }
     // The issuer minted the user's token; the endpoint saw authorized requests only with it.
     assert!(issuer.stats()["tokens"].as_u64().unwrap() >= 1);
-    assert!(authorized.load(Ordering::Relaxed) >= 3, "initialize, tools/list, tools/call");
+    assert!(
+        authorized.load(Ordering::Relaxed) >= 3,
+        "initialize, tools/list, tools/call"
+    );
 }

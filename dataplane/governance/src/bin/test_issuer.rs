@@ -20,6 +20,9 @@
 //!
 //! Prints `LISTENING http://127.0.0.1:PORT` on stdout when ready.
 
+// A plain tokio program (not a hub worker): the dataplane's monoio-only bans do not apply.
+#![allow(clippy::disallowed_methods)]
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
@@ -130,8 +133,9 @@ fn new_key(alg: &str) -> Result<SigningKeyEntry, String> {
             let rng = ring::rand::SystemRandom::new();
             let pkcs8 = EcdsaKeyPair::generate_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, &rng)
                 .map_err(|e| e.to_string())?;
-            let pair = EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
-                .map_err(|e| e.to_string())?;
+            let pair =
+                EcdsaKeyPair::from_pkcs8(&ECDSA_P256_SHA256_FIXED_SIGNING, pkcs8.as_ref(), &rng)
+                    .map_err(|e| e.to_string())?;
             let point = pair.public_key().as_ref();
             Ok(SigningKeyEntry {
                 jwk: json!({"kty":"EC","crv":"P-256","x":b64(&point[1..33]),"y":b64(&point[33..65]),
@@ -160,7 +164,10 @@ fn json_reply(status: StatusCode, v: &Value) -> Response<Full<Bytes>> {
 }
 
 fn oauth_error(status: StatusCode, error: &str, description: &str) -> Response<Full<Bytes>> {
-    json_reply(status, &json!({"error": error, "error_description": description}))
+    json_reply(
+        status,
+        &json!({"error": error, "error_description": description}),
+    )
 }
 
 impl State {
@@ -207,7 +214,13 @@ impl State {
         }
     }
 
-    fn access_token(&self, sub: &str, aud: &str, scope: &str, extra: Value) -> Result<Value, String> {
+    fn access_token(
+        &self,
+        sub: &str,
+        aud: &str,
+        scope: &str,
+        extra: Value,
+    ) -> Result<Value, String> {
         let t = now();
         let mut claims = json!({
             "iss": self.issuer, "sub": sub, "aud": aud, "iat": t, "nbf": t,
@@ -219,10 +232,16 @@ impl State {
         }
         let token = self.sign(&claims, None, None)?;
         self.tokens.fetch_add(1, Ordering::Relaxed);
-        Ok(json!({"access_token": token, "token_type": "Bearer", "expires_in": self.args.ttl, "scope": scope}))
+        Ok(
+            json!({"access_token": token, "token_type": "Bearer", "expires_in": self.args.ttl, "scope": scope}),
+        )
     }
 
-    fn client_auth(&self, req_auth: Option<&str>, form: &HashMap<String, String>) -> Result<String, &'static str> {
+    fn client_auth(
+        &self,
+        req_auth: Option<&str>,
+        form: &HashMap<String, String>,
+    ) -> Result<String, &'static str> {
         let (id, secret) = match req_auth.and_then(|h| h.strip_prefix("Basic ")) {
             Some(b) => {
                 let raw = base64::engine::general_purpose::STANDARD
@@ -230,7 +249,10 @@ impl State {
                     .map_err(|_| "bad basic auth")?;
                 let s = String::from_utf8(raw).map_err(|_| "bad basic auth")?;
                 let (i, p) = s.split_once(':').ok_or("bad basic auth")?;
-                (governance::net::form_decode(i), Some(governance::net::form_decode(p)))
+                (
+                    governance::net::form_decode(i),
+                    Some(governance::net::form_decode(p)),
+                )
             }
             None => (
                 form.get("client_id").cloned().ok_or("no client_id")?,
@@ -247,9 +269,14 @@ impl State {
     }
 }
 
-async fn handle(st: Arc<State>, req: Request<hyper::body::Incoming>) -> Result<Response<Full<Bytes>>, Infallible> {
+async fn handle(
+    st: Arc<State>,
+    req: Request<hyper::body::Incoming>,
+) -> Result<Response<Full<Bytes>>, Infallible> {
     let path = req.uri().path().to_string();
-    let query: HashMap<String, String> = parse_form(req.uri().query().unwrap_or("")).into_iter().collect();
+    let query: HashMap<String, String> = parse_form(req.uri().query().unwrap_or(""))
+        .into_iter()
+        .collect();
     let method = req.method().clone();
     let auth = req
         .headers()
@@ -258,10 +285,17 @@ async fn handle(st: Arc<State>, req: Request<hyper::body::Incoming>) -> Result<R
         .map(str::to_string);
     let body = match Limited::new(req.into_body(), 64 << 10).collect().await {
         Ok(b) => b.to_bytes(),
-        Err(_) => return Ok(oauth_error(StatusCode::PAYLOAD_TOO_LARGE, "invalid_request", "body too large")),
+        Err(_) => {
+            return Ok(oauth_error(
+                StatusCode::PAYLOAD_TOO_LARGE,
+                "invalid_request",
+                "body too large",
+            ))
+        }
     };
     let r = match (method.as_str(), path.as_str()) {
-        ("GET", "/.well-known/oauth-authorization-server") | ("GET", "/.well-known/openid-configuration") => {
+        ("GET", "/.well-known/oauth-authorization-server")
+        | ("GET", "/.well-known/openid-configuration") => {
             json_reply(StatusCode::OK, &st.metadata())
         }
         ("GET", "/jwks") => {
@@ -272,12 +306,22 @@ async fn handle(st: Arc<State>, req: Request<hyper::body::Incoming>) -> Result<R
         ("POST", "/register") => {
             let v: Value = match serde_json::from_slice(&body) {
                 Ok(v) => v,
-                Err(_) => return Ok(oauth_error(StatusCode::BAD_REQUEST, "invalid_client_metadata", "body is not JSON")),
+                Err(_) => {
+                    return Ok(oauth_error(
+                        StatusCode::BAD_REQUEST,
+                        "invalid_client_metadata",
+                        "body is not JSON",
+                    ))
+                }
             };
             let redirect_uris: Vec<String> = v
                 .get("redirect_uris")
                 .and_then(Value::as_array)
-                .map(|a| a.iter().filter_map(|x| x.as_str().map(str::to_string)).collect())
+                .map(|a| {
+                    a.iter()
+                        .filter_map(|x| x.as_str().map(str::to_string))
+                        .collect()
+                })
                 .unwrap_or_default();
             let method = v
                 .get("token_endpoint_auth_method")
@@ -316,12 +360,25 @@ async fn handle(st: Arc<State>, req: Request<hyper::body::Incoming>) -> Result<R
                 .map(|c| c.redirect_uris.contains(&redirect_uri));
             match known {
                 None => reply(StatusCode::BAD_REQUEST, "text/plain", "unknown client_id"),
-                Some(false) => reply(StatusCode::BAD_REQUEST, "text/plain", "redirect_uri is not registered"),
-                Some(true) if get("response_type") != "code" => {
-                    reply(StatusCode::BAD_REQUEST, "text/plain", "response_type must be code")
-                }
-                Some(true) if get("code_challenge_method") != "S256" || get("code_challenge").is_empty() => {
-                    reply(StatusCode::BAD_REQUEST, "text/plain", "PKCE S256 is required")
+                Some(false) => reply(
+                    StatusCode::BAD_REQUEST,
+                    "text/plain",
+                    "redirect_uri is not registered",
+                ),
+                Some(true) if get("response_type") != "code" => reply(
+                    StatusCode::BAD_REQUEST,
+                    "text/plain",
+                    "response_type must be code",
+                ),
+                Some(true)
+                    if get("code_challenge_method") != "S256"
+                        || get("code_challenge").is_empty() =>
+                {
+                    reply(
+                        StatusCode::BAD_REQUEST,
+                        "text/plain",
+                        "PKCE S256 is required",
+                    )
                 }
                 Some(true) => {
                     let code = random(24);
@@ -354,7 +411,9 @@ async fn handle(st: Arc<State>, req: Request<hyper::body::Incoming>) -> Result<R
         }
         ("POST", "/token") => {
             let form: HashMap<String, String> =
-                parse_form(std::str::from_utf8(&body).unwrap_or("")).into_iter().collect();
+                parse_form(std::str::from_utf8(&body).unwrap_or(""))
+                    .into_iter()
+                    .collect();
             let client = match st.client_auth(auth.as_deref(), &form) {
                 Ok(c) => c,
                 Err(e) => return Ok(oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", e)),
@@ -369,29 +428,64 @@ async fn handle(st: Arc<State>, req: Request<hyper::body::Incoming>) -> Result<R
                 Some("authorization_code") => {
                     let code = form.get("code").cloned().unwrap_or_default();
                     let Some(g) = st.codes.lock().remove(&code) else {
-                        return Ok(oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", "unknown or used code"));
+                        return Ok(oauth_error(
+                            StatusCode::BAD_REQUEST,
+                            "invalid_grant",
+                            "unknown or used code",
+                        ));
                     };
                     let verifier = form.get("code_verifier").cloned().unwrap_or_default();
                     if g.client_id != client
                         || form.get("redirect_uri") != Some(&g.redirect_uri)
                         || b64(&Sha256::digest(verifier.as_bytes())) != g.challenge
                     {
-                        return Ok(oauth_error(StatusCode::BAD_REQUEST, "invalid_grant", "client, redirect_uri or PKCE verifier mismatch"));
+                        return Ok(oauth_error(
+                            StatusCode::BAD_REQUEST,
+                            "invalid_grant",
+                            "client, redirect_uri or PKCE verifier mismatch",
+                        ));
                     }
-                    let aud = form.get("resource").cloned().or(g.resource).unwrap_or_else(|| st.args.audience.clone());
-                    match st.access_token(&st.args.subject, &aud, &g.scope, json!({"client_id": client})) {
+                    let aud = form
+                        .get("resource")
+                        .cloned()
+                        .or(g.resource)
+                        .unwrap_or_else(|| st.args.audience.clone());
+                    match st.access_token(
+                        &st.args.subject,
+                        &aud,
+                        &g.scope,
+                        json!({"client_id": client}),
+                    ) {
                         Ok(v) => json_reply(StatusCode::OK, &v),
-                        Err(e) => oauth_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", &e),
+                        Err(e) => {
+                            oauth_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", &e)
+                        }
                     }
                 }
                 Some("client_credentials") => {
-                    if st.clients.lock().get(&client).is_some_and(|c| c.secret.is_none()) {
-                        return Ok(oauth_error(StatusCode::UNAUTHORIZED, "invalid_client", "public clients cannot use client_credentials"));
+                    if st
+                        .clients
+                        .lock()
+                        .get(&client)
+                        .is_some_and(|c| c.secret.is_none())
+                    {
+                        return Ok(oauth_error(
+                            StatusCode::UNAUTHORIZED,
+                            "invalid_client",
+                            "public clients cannot use client_credentials",
+                        ));
                     }
                     let scope = form.get("scope").cloned().unwrap_or_default();
-                    match st.access_token(&client, &default_aud(&form), &scope, json!({"client_id": client})) {
+                    match st.access_token(
+                        &client,
+                        &default_aud(&form),
+                        &scope,
+                        json!({"client_id": client}),
+                    ) {
                         Ok(v) => json_reply(StatusCode::OK, &v),
-                        Err(e) => oauth_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", &e),
+                        Err(e) => {
+                            oauth_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", &e)
+                        }
                     }
                 }
                 Some("urn:ietf:params:oauth:grant-type:token-exchange") => {
@@ -400,28 +494,52 @@ async fn handle(st: Arc<State>, req: Request<hyper::body::Incoming>) -> Result<R
                     let payload = subject
                         .split('.')
                         .nth(1)
-                        .and_then(|p| base64::engine::general_purpose::URL_SAFE_NO_PAD.decode(p).ok())
+                        .and_then(|p| {
+                            base64::engine::general_purpose::URL_SAFE_NO_PAD
+                                .decode(p)
+                                .ok()
+                        })
                         .and_then(|b| serde_json::from_slice::<Value>(&b).ok());
-                    let Some(sub) = payload.as_ref().and_then(|p| p.get("sub")).and_then(Value::as_str) else {
-                        return Ok(oauth_error(StatusCode::BAD_REQUEST, "invalid_request", "subject_token is not a JWT with sub"));
+                    let Some(sub) = payload
+                        .as_ref()
+                        .and_then(|p| p.get("sub"))
+                        .and_then(Value::as_str)
+                    else {
+                        return Ok(oauth_error(
+                            StatusCode::BAD_REQUEST,
+                            "invalid_request",
+                            "subject_token is not a JWT with sub",
+                        ));
                     };
                     let scope = form.get("scope").cloned().unwrap_or_default();
                     let extra = json!({"act": {"sub": client}, "client_id": client,
                         "subject_token_type": form.get("subject_token_type")});
                     match st.access_token(sub, &default_aud(&form), &scope, extra) {
                         Ok(mut v) => {
-                            v["issued_token_type"] = json!("urn:ietf:params:oauth:token-type:access_token");
+                            v["issued_token_type"] =
+                                json!("urn:ietf:params:oauth:token-type:access_token");
                             json_reply(StatusCode::OK, &v)
                         }
-                        Err(e) => oauth_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", &e),
+                        Err(e) => {
+                            oauth_error(StatusCode::INTERNAL_SERVER_ERROR, "server_error", &e)
+                        }
                     }
                 }
-                _ => oauth_error(StatusCode::BAD_REQUEST, "unsupported_grant_type", "use authorization_code, client_credentials or token exchange"),
+                _ => oauth_error(
+                    StatusCode::BAD_REQUEST,
+                    "unsupported_grant_type",
+                    "use authorization_code, client_credentials or token exchange",
+                ),
             }
         }
         ("GET", "/admin/mint") => {
             let t = now();
-            let num = |k: &str, d: i64| query.get(k).and_then(|v| v.parse::<i64>().ok()).unwrap_or(d);
+            let num = |k: &str, d: i64| {
+                query
+                    .get(k)
+                    .and_then(|v| v.parse::<i64>().ok())
+                    .unwrap_or(d)
+            };
             let mut claims = json!({
                 "iss": query.get("iss").cloned().unwrap_or_else(|| st.issuer.clone()),
                 "sub": query.get("sub").cloned().unwrap_or_else(|| st.args.subject.clone()),
@@ -440,7 +558,11 @@ async fn handle(st: Arc<State>, req: Request<hyper::body::Incoming>) -> Result<R
             if let Some(n) = query.get("pad").and_then(|v| v.parse::<usize>().ok()) {
                 claims["pad"] = json!("x".repeat(n.min(20 << 20)));
             }
-            match st.sign(&claims, query.get("alg").map(String::as_str), query.get("kid").map(String::as_str)) {
+            match st.sign(
+                &claims,
+                query.get("alg").map(String::as_str),
+                query.get("kid").map(String::as_str),
+            ) {
                 Ok(tok) => reply(StatusCode::OK, "text/plain", tok),
                 Err(e) => reply(StatusCode::INTERNAL_SERVER_ERROR, "text/plain", e),
             }

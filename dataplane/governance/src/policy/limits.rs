@@ -211,7 +211,8 @@ impl RateLimiter {
 
     /// Drops buckets that are full again (their arrival time is past): lossless.
     fn sweep(&self, now: u64) {
-        self.buckets.retain(|_, tat| tat.load(Ordering::Relaxed) > now);
+        self.buckets
+            .retain(|_, tat| tat.load(Ordering::Relaxed) > now);
     }
 
     /// Buckets held now.
@@ -311,8 +312,7 @@ impl LoopGuard {
             Some(s) => s,
             None => {
                 if self.windows.len() >= self.max
-                    || self.inserts.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY
-                        == SWEEP_EVERY - 1
+                    || self.inserts.fetch_add(1, Ordering::Relaxed) % SWEEP_EVERY == SWEEP_EVERY - 1
                 {
                     self.windows.retain(|_, v| {
                         now.saturating_sub(v.load(Ordering::Relaxed) >> COUNT_BITS) < window_ms
@@ -358,8 +358,7 @@ impl LoopGuard {
 
     /// Forgets a session (call when it is deleted).
     pub fn forget(&self, session: &str) {
-        self.windows
-            .remove(&super::keyed_hash(&self.keys, session));
+        self.windows.remove(&super::keyed_hash(&self.keys, session));
     }
 
     /// Times the lock fired.

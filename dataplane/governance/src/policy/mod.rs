@@ -562,10 +562,7 @@ impl CompiledPolicy {
         upstream: &str,
         tool: &str,
     ) -> bool {
-        !matches!(
-            self.authorize(table, class, upstream, tool),
-            Access::Hidden
-        )
+        !matches!(self.authorize(table, class, upstream, tool), Access::Hidden)
     }
 
     /// Builds the (upstream, tool) → rule table for a catalog (call when the catalog changes).

@@ -108,12 +108,22 @@ fn check_call_runs_rate_then_loop_then_approval() {
     let call = |u, t, sess| check_call(&p, &table, &limiter, &loops, &s, &cs, sess, u, t);
     assert!(matches!(call("crm", "get", "s1"), CallDecision::Allowed(_)));
     // crm/* has its own rate (1 per hour).
-    assert!(matches!(call("crm", "get", "s1"), CallDecision::RateLimited(r) if r.scope == RateScope::Tool));
-    assert!(matches!(call("payments", "pay", "s1"), CallDecision::NeedsApproval(r) if r.approval_group.as_deref() == Some("finance")));
+    assert!(
+        matches!(call("crm", "get", "s1"), CallDecision::RateLimited(r) if r.scope == RateScope::Tool)
+    );
+    assert!(
+        matches!(call("payments", "pay", "s1"), CallDecision::NeedsApproval(r) if r.approval_group.as_deref() == Some("finance"))
+    );
     // Loop lock: 3 per minute per session (the rate-limited call did not count a step).
-    assert!(matches!(call("docs", "read", "s1"), CallDecision::Allowed(_)));
+    assert!(matches!(
+        call("docs", "read", "s1"),
+        CallDecision::Allowed(_)
+    ));
     assert!(matches!(call("docs", "read", "s1"), CallDecision::LoopLimited(l) if l.max_steps == 3));
-    assert!(matches!(call("docs", "other", "s2"), CallDecision::Allowed(_)));
+    assert!(matches!(
+        call("docs", "other", "s2"),
+        CallDecision::Allowed(_)
+    ));
     assert!(matches!(call("nope", "x", "s2"), CallDecision::Hidden));
 }
 
@@ -131,7 +141,10 @@ fn config_errors_name_the_field() {
         bad(json!({"tools": [{"match": "a", "rate_limit": {"rate": 0}}]})).field,
         "policy.tools[0].rate_limit"
     );
-    assert_eq!(bad(json!({"max_loop_steps": 0})).field, "policy.max_loop_steps");
+    assert_eq!(
+        bad(json!({"max_loop_steps": 0})).field,
+        "policy.max_loop_steps"
+    );
     assert_eq!(
         bad(json!({"tools": [{"match": "a", "approval_group": "g"}]})).field,
         "policy.tools[0].approval_group"
@@ -144,8 +157,9 @@ fn config_errors_name_the_field() {
     assert!(bad(json!({"tools": [{"match": "a", "roles": many}]}))
         .message
         .contains("distinct"));
-    let e = serde_json::from_value::<PolicyConfig>(json!({"tools": [{"match": "a", "role": ["x"]}]}))
-        .unwrap_err();
+    let e =
+        serde_json::from_value::<PolicyConfig>(json!({"tools": [{"match": "a", "role": ["x"]}]}))
+            .unwrap_err();
     assert!(e.to_string().contains("unknown field `role`"), "{e}");
 }
 
@@ -154,6 +168,9 @@ fn allow_all_lets_everyone_see_everything() {
     let p = CompiledPolicy::allow_all();
     let t = p.tool_table([("u", "t")]);
     let anon = p.classify(&Principal::anonymous());
-    assert!(matches!(p.authorize(&t, &anon, "u", "t"), Access::Allowed(_)));
+    assert!(matches!(
+        p.authorize(&t, &anon, "u", "t"),
+        Access::Allowed(_)
+    ));
     assert!(p.loop_spec.is_none() && p.principal_rate.is_none());
 }

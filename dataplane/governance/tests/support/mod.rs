@@ -1,5 +1,11 @@
 //! Test support: start the real `meshgate-test-issuer` binary on loopback and talk to it.
-#![allow(dead_code, unreachable_pub, missing_docs)]
+#![allow(
+    dead_code,
+    unreachable_pub,
+    missing_docs,
+    clippy::unwrap_used,
+    clippy::disallowed_methods
+)]
 
 use std::io::{BufRead, BufReader, Read, Write};
 use std::net::TcpStream;
@@ -69,7 +75,10 @@ pub fn http(method: &str, url: &str, body: Option<(&str, &[u8])>) -> (u16, Strin
     s.set_write_timeout(Some(Duration::from_secs(10))).unwrap();
     let mut req = format!("{method} {path} HTTP/1.1\r\nHost: {host}\r\nConnection: close\r\n");
     if let Some((ctype, b)) = body {
-        req.push_str(&format!("Content-Type: {ctype}\r\nContent-Length: {}\r\n", b.len()));
+        req.push_str(&format!(
+            "Content-Type: {ctype}\r\nContent-Length: {}\r\n",
+            b.len()
+        ));
     } else if method == "POST" {
         req.push_str("Content-Length: 0\r\n");
     }
