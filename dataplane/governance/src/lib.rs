@@ -34,3 +34,52 @@ pub mod schema;
 
 pub use config::{parse_duration, ConfigError};
 pub use principal::{Principal, PrincipalKind};
+
+/// All governance sections of a hub config, for a loader that wants them in one place
+/// (each is also usable on its own). Every field is optional except as the hub decides.
+#[derive(Debug, Clone, PartialEq, Eq, serde::Deserialize, serde::Serialize)]
+#[serde(deny_unknown_fields)]
+pub struct GovernanceConfig {
+    /// `auth: none` (loopback only) or the bearer-token settings.
+    pub auth: identity::AuthConfig,
+    /// Tool policy, limits.
+    #[serde(default)]
+    pub policy: policy::PolicyConfig,
+    /// Argument validation.
+    #[serde(default)]
+    pub schema: schema::SchemaConfig,
+    /// The signed audit log (absent = no audit log).
+    #[serde(default)]
+    pub audit: Option<audit::AuditConfig>,
+    /// The hub-signed user assertion (absent = none).
+    #[serde(default)]
+    pub assertion: Option<assertion::AssertionConfig>,
+    /// Upstream credentials.
+    #[serde(default)]
+    pub credentials: credentials::CredentialsConfig,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_whole_governance_config_parses_and_unknown_fields_are_named() {
+        let c: GovernanceConfig = serde_json::from_value(serde_json::json!({
+            "auth": {"resource": "https://gw.example.com/mcp",
+                     "jwt": {"issuer": "https://idp.example.com", "leeway": "10s"}},
+            "policy": {"max_loop_steps": 20, "loop_window": "5m",
+                       "tools": [{"match": "*/delete_*", "roles": ["admin"]}]},
+            "audit": {"path": "/var/log/meshgate/audit.jsonl", "key_file": "/etc/meshgate/audit.key"},
+            "credentials": {"upstreams": {"crm": {"assertion": {}}}}
+        }))
+        .unwrap();
+        assert!(matches!(c.auth, identity::AuthConfig::Required(_)));
+        assert_eq!(c.policy.max_loop_steps, Some(20));
+        let e = serde_json::from_value::<GovernanceConfig>(
+            serde_json::json!({"auth": "none", "polcy": {}}),
+        )
+        .unwrap_err();
+        assert!(e.to_string().contains("unknown field `polcy`"), "{e}");
+    }
+}
