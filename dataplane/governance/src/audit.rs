@@ -274,6 +274,7 @@ pub enum AuditError {
 enum Msg {
     Record(Box<AuditRecord>),
     Flush(mpsc::Sender<bool>),
+    Stop,
 }
 
 #[derive(Debug)]
@@ -288,7 +289,8 @@ struct Shared {
 /// The hub's handle on the audit writer: `Send + Sync`, share it through an `Arc`.
 #[derive(Debug)]
 pub struct AuditLog {
-    tx: Mutex<Option<SyncSender<Msg>>>,
+    tx: SyncSender<Msg>,
+    closed: AtomicBool,
     shared: Arc<Shared>,
     thread: Mutex<Option<std::thread::JoinHandle<()>>>,
 }
@@ -315,7 +317,8 @@ impl AuditLog {
             .spawn(move || w.run(rx, s2, cap))
             .map_err(AuditError::Thread)?;
         Ok(AuditLog {
-            tx: Mutex::new(Some(tx)),
+            tx,
+            closed: AtomicBool::new(false),
             shared,
             thread: Mutex::new(Some(thread)),
         })
@@ -339,11 +342,10 @@ impl AuditLog {
             self.shared.dropped.fetch_add(1, Ordering::Relaxed);
             return Err(AuditUnavailable(why));
         }
-        let guard = self.tx.lock();
-        let Some(tx) = guard.as_ref() else {
+        if self.closed.load(Ordering::Acquire) {
             return Err(AuditUnavailable("the audit log is closed".into()));
-        };
-        match tx.try_send(Msg::Record(Box::new(record))) {
+        }
+        match self.tx.try_send(Msg::Record(Box::new(record))) {
             Ok(()) => Ok(()),
             Err(TrySendError::Full(_)) => {
                 self.shared.dropped.fetch_add(1, Ordering::Relaxed);
@@ -363,17 +365,28 @@ impl AuditLog {
     /// was. For shutdown and tests, not for workers.
     pub fn flush(&self, timeout: Duration) -> bool {
         let (tx, rx) = mpsc::channel();
-        let sent = match self.tx.lock().as_ref() {
-            Some(q) => q.send(Msg::Flush(tx)).is_ok(),
-            None => false,
-        };
-        sent && rx.recv_timeout(timeout).unwrap_or(false)
+        // A bounded wait for queue room, then for the writer's answer.
+        let deadline = std::time::Instant::now() + timeout;
+        let mut msg = Msg::Flush(tx);
+        loop {
+            match self.tx.try_send(msg) {
+                Ok(()) => break,
+                Err(TrySendError::Full(m)) if std::time::Instant::now() < deadline => {
+                    msg = m;
+                    std::thread::yield_now();
+                }
+                Err(_) => return false,
+            }
+        }
+        rx.recv_timeout(deadline.saturating_duration_since(std::time::Instant::now()))
+            .unwrap_or(false)
     }
 
     /// Stops the writer after it wrote what was queued (bounded by `timeout` for the flush).
     pub fn close(&self, timeout: Duration) {
         self.flush(timeout);
-        self.tx.lock().take();
+        self.closed.store(true, Ordering::Release);
+        let _ = self.tx.send(Msg::Stop);
         if let Some(t) = self.thread.lock().take() {
             let _ = t.join();
         }
@@ -396,12 +409,6 @@ impl AuditLog {
     /// Records written so far (by this process).
     pub fn written(&self) -> u64 {
         self.shared.written.load(Ordering::Relaxed)
-    }
-}
-
-impl Drop for AuditLog {
-    fn drop(&mut self) {
-        self.tx.lock().take();
     }
 }
 
@@ -539,12 +546,14 @@ impl Writer {
                 rx.recv_timeout(Duration::from_secs(1))
             };
             match first {
+                Ok(Msg::Stop) => open = false,
                 Ok(m) => self.take(m, &mut flushes, cap, &shared),
                 Err(RecvTimeoutError::Timeout) => {}
                 Err(RecvTimeoutError::Disconnected) => open = false,
             }
-            while self.pending.len() < 4096 {
+            while open && self.pending.len() < 4096 {
                 match rx.try_recv() {
+                    Ok(Msg::Stop) => open = false,
                     Ok(m) => self.take(m, &mut flushes, cap, &shared),
                     Err(mpsc::TryRecvError::Empty) => break,
                     Err(mpsc::TryRecvError::Disconnected) => {
@@ -597,6 +606,7 @@ impl Writer {
                 }
             }
             Msg::Flush(tx) => flushes.push(tx),
+            Msg::Stop => {}
         }
     }
 
