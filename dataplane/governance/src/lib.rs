@@ -17,7 +17,34 @@
 //! | audit | [`audit`] | a record to the signed, hash-chained log |
 //!
 //! Config types live next to their module, all `deny_unknown_fields`; durations are strings
-//! parsed by [`config::parse_duration`].
+//! parsed by [`config::parse_duration`]. [`GovernanceConfig`] gathers them:
+//!
+//! ```yaml
+//! auth:                                   # or `auth: none` (loopback listeners only)
+//!   resource: https://gw.example.com/mcp  # the audience tokens must carry
+//!   scopes_supported: [mcp:tools]
+//!   jwt: { issuer: https://idp.example.com, roles_claim: realm_access.roles, leeway: 30s }
+//!   api_keys: [{ name: ci, hash: "sha256:…", roles: [deployer] }]
+//! policy:
+//!   unmatched: deny
+//!   max_loop_steps: 50
+//!   loop_window: 10m
+//!   rate_limits: { per_principal: { rate: 20, per: 1s, burst: 40 }, per_tool: { rate: 5 } }
+//!   tools:
+//!     - { match: "payments/*", requires_approval: true, approval_group: finance,
+//!         roles: [finance], redact_arguments: [/card_number], classification: restricted }
+//!     - { match: "*/delete_*", roles: [admin] }
+//!     - { match: "crm/*", roles: [sales, admin], redact: [{ pattern: "\\d{3}-\\d{2}-\\d{4}" }] }
+//! schema: { on_uncompilable: reject }
+//! audit: { path: /var/lib/meshgate/audit.jsonl, key_file: /etc/meshgate/audit.key, on_failure: closed }
+//! assertion: { key_file: /etc/meshgate/assertion.key, issuer: https://gw.example.com, ttl: 2m }
+//! credentials:
+//!   secret_key_file: /etc/meshgate/secret.key
+//!   upstreams:
+//!     payments: { header: { name: Authorization, prefix: "Bearer ", secret_file: /etc/meshgate/payments.sealed } }
+//!     crm: { client_credentials: { token_endpoint: https://idp.example.com/token, client_id: hub,
+//!                                  client_secret_file: /etc/meshgate/hub.sealed }, assertion: {} }
+//! ```
 
 pub mod approval;
 pub mod assertion;
