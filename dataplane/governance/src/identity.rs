@@ -754,7 +754,11 @@ impl Authenticator {
                     }
                 }
             }
-            *last = Some(Instant::now());
+            // Only refreshes triggered by unknown kids count against the rate limit, so a
+            // periodic refresh never delays picking up a rotated key.
+            if !periodic {
+                *last = Some(Instant::now());
+            }
             j.jwks.in_flight.store(true, Ordering::Release);
         }
         self.inner
