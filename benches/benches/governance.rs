@@ -9,7 +9,10 @@
 //!   buckets, the loop lock, and `check_call` (all of them in sequence).
 //! - `schema/validate_small`: a 60-byte `arguments` object against a cached compiled schema.
 //! - `audit/*`: the argument digest (SHA-256 of 200 bytes) and `submit` (a `try_send`; the
-//!   writer thread signs and writes in the background, fail-open so a full queue only counts).
+//!   writer thread signs and writes in the background, fail-open so a full queue only counts),
+//!   and `writer_per_record`: the writer thread's own time per record (serialize, chain hash,
+//!   Ed25519 signature, append; no fsync), measured as batch wall time ÷ records, with every
+//!   record signed and with `sign_every: 64`.
 //! - `assertion/cached`: the hub-signed user assertion for a (principal, upstream) seen before.
 //! - `total/one_call`: the sequence the hub runs per call (cached auth, classify, check_call,
 //!   schema, digest, audit submit).
@@ -254,6 +257,7 @@ fn bench(c: &mut Criterion) {
             queue: 1 << 16,
             on_failure: FailMode::Open,
             fsync: false,
+            sign_every: 1,
         },
         "hub-bench",
         governance::keys::generate_signing_key(),
@@ -278,6 +282,70 @@ fn bench(c: &mut Criterion) {
     g.bench_function("submit", |b| {
         b.iter(|| log.submit(record(black_box(&principal))).is_ok())
     });
+    // The writer thread's cost per record (serialize, chain hash, Ed25519 signature, append):
+    // submit a batch, wait until written, divide. Off the worker, but CPU all the same.
+    let wdir = tempfile::tempdir().unwrap();
+    let wlog = AuditLog::open(
+        &AuditConfig {
+            path: wdir.path().join("audit.jsonl"),
+            head_path: None,
+            key_file: wdir.path().join("unused"),
+            queue: 1 << 16,
+            on_failure: FailMode::Closed,
+            fsync: false,
+            sign_every: 1,
+        },
+        "hub-bench",
+        governance::keys::generate_signing_key(),
+    )
+    .unwrap();
+    g.bench_function("writer_per_record", |b| {
+        b.iter_custom(|iters| {
+            let start = std::time::Instant::now();
+            let mut left = iters;
+            while left > 0 {
+                let n = left.min(10_000);
+                for _ in 0..n {
+                    wlog.submit(record(&principal)).unwrap();
+                }
+                assert!(wlog.flush(Duration::from_secs(60)));
+                left -= n;
+            }
+            start.elapsed()
+        })
+    });
+    wlog.close(Duration::from_secs(10));
+    let wdir64 = tempfile::tempdir().unwrap();
+    let wlog64 = AuditLog::open(
+        &AuditConfig {
+            path: wdir64.path().join("audit.jsonl"),
+            head_path: None,
+            key_file: wdir64.path().join("unused"),
+            queue: 1 << 16,
+            on_failure: FailMode::Closed,
+            fsync: false,
+            sign_every: 64,
+        },
+        "hub-bench",
+        governance::keys::generate_signing_key(),
+    )
+    .unwrap();
+    g.bench_function("writer_per_record_sign_every_64", |b| {
+        b.iter_custom(|iters| {
+            let start = std::time::Instant::now();
+            let mut left = iters;
+            while left > 0 {
+                let n = left.min(10_000);
+                for _ in 0..n {
+                    wlog64.submit(record(&principal)).unwrap();
+                }
+                assert!(wlog64.flush(Duration::from_secs(60)));
+                left -= n;
+            }
+            start.elapsed()
+        })
+    });
+    wlog64.close(Duration::from_secs(10));
     g.finish();
 
     // === assertion ===
