@@ -169,12 +169,35 @@ pub fn argument_digest(raw_arguments: &[u8]) -> String {
 }
 
 #[derive(Serialize)]
+// The record's fields spelled out: `#[serde(flatten)]` would go through a map serializer.
 struct Envelope<'a> {
     seq: u64,
     time: String,
     hub: &'a str,
-    #[serde(flatten)]
-    record: &'a AuditRecord,
+    ts_ms: u64,
+    kind: Option<AuditKind>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    principal: &'a Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    session: &'a Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    upstream: &'a Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    tool: &'a Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    args_sha256: &'a Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    outcome: &'a Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    latency_us: Option<u64>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    reason: &'a Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    classification: &'a Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    approval_id: &'a Option<String>,
+    #[serde(skip_serializing_if = "Option::is_none")]
+    request_id: &'a Option<String>,
     prev: &'a str,
 }
 
@@ -639,17 +662,16 @@ impl Writer {
             }
             return Ok(0);
         }
-        let mut records: Vec<AuditRecord> = Vec::with_capacity(self.pending.len() + 1);
-        if self.lost > 0 {
+        let gap = (self.lost > 0).then(|| {
             let mut r = AuditRecord::new(AuditKind::AuditGap);
             r.reason = Some(format!("{} audit records were lost", self.lost));
-            records.push(r);
-        }
-        records.extend(self.pending.iter().cloned());
-        let mut buf = Vec::with_capacity(records.len() * 320);
+            r
+        });
+        let count = usize::from(gap.is_some()) + self.pending.len();
+        let mut buf = Vec::with_capacity(count * 320);
         let (mut seq, mut prev) = (self.seq, self.prev.clone());
-        let last = records.len().saturating_sub(1);
-        for (i, r) in records.iter().enumerate() {
+        let last = count.saturating_sub(1);
+        for (i, r) in gap.iter().chain(self.pending.iter()).enumerate() {
             seq += 1;
             let start = buf.len();
             // The last record of a batch is always signed, so nothing after the head is unsigned.
@@ -678,7 +700,7 @@ impl Writer {
         self.head_dirty = true;
         self.write_head()?;
         self.head_dirty = false;
-        Ok(records.len() as u64)
+        Ok(count as u64)
     }
 
     fn encode(&self, seq: u64, prev: &str, r: &AuditRecord, sign: bool, buf: &mut Vec<u8>) {
@@ -688,7 +710,19 @@ impl Writer {
             time: humantime::format_rfc3339_millis(UNIX_EPOCH + Duration::from_millis(r.ts_ms))
                 .to_string(),
             hub: &self.hub,
-            record: r,
+            ts_ms: r.ts_ms,
+            kind: r.kind,
+            latency_us: r.latency_us,
+            principal: &r.principal,
+            session: &r.session,
+            upstream: &r.upstream,
+            tool: &r.tool,
+            args_sha256: &r.args_sha256,
+            outcome: &r.outcome,
+            reason: &r.reason,
+            classification: &r.classification,
+            approval_id: &r.approval_id,
+            request_id: &r.request_id,
             prev,
         };
         serde_json::to_writer(&mut *buf, &env).expect("audit records always serialize");
