@@ -50,7 +50,7 @@ fn tools_response(upstream: &str) -> Vec<u8> {
 fn upstream_list(response: &[u8]) -> Arc<UpstreamList> {
     let (items, next) = parse_page(ListKind::Tools, response).expect("fixture parses");
     assert!(next.is_none());
-    Arc::new(UpstreamList { items })
+    Arc::new(UpstreamList::new(ListKind::Tools, items))
 }
 
 fn bench_lists(c: &mut Criterion) {

@@ -123,7 +123,7 @@ async fn serve(
                 Example::Notes => json!({"tools":{},"resources":{},"prompts":{}}),
             };
             Ok(
-                json!({"protocolVersion":version,"capabilities":caps,"serverInfo":{"name":ex.name(),"version":crate::mcp::VERSION}}),
+                json!({"protocolVersion":version,"capabilities":caps,"serverInfo":{"name":ex.name(),"version":crate::pipeline::VERSION}}),
             )
         }
         "ping" => Ok(json!({})),

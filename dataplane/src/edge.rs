@@ -375,8 +375,8 @@ fn forget_upstream_sessions(hub: &Hub, u: usize) {
         if let Some(slot) = st.upstreams.get_mut(u) {
             *slot = None;
         }
-        st.lists.invalidate_upstream(u);
     }
+    hub.catalog.invalidate_upstream(u);
 }
 
 async fn serve_bridge(ctx: Arc<Ctx>, listener: tokio::net::TcpListener) {

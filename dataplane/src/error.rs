@@ -1,5 +1,5 @@
 //! `ProxyError`: every way a request can end early, with one mapping to an HTTP status and a
-//! JSON-RPC error (DESIGN.md §9). Every stage returns it; `mcp::reply_error` renders it once.
+//! JSON-RPC error (DESIGN.md §9). Every stage returns it; `pipeline::reply_error` renders it once.
 //!
 //! The mappings are exhaustive `match`es without a wildcard, so a new variant forces a decision
 //! about its status, code, source and retry policy.
@@ -58,6 +58,11 @@ pub enum ErrorKind {
     UpstreamProtocol,
     /// A bug or resource exhaustion in the hub.
     Internal,
+    /// A 2026-07-28 request refused for what the modern era requires: header/body mismatch
+    /// (`-32020`), a capability the client did not declare (`-32021`), an unsupported version
+    /// (`-32022`), a bad `_meta` envelope (`-32602`), an unknown or removed method (404
+    /// `-32601`); each with the HTTP status the spec pairs with it.
+    Modern(mcp_wire::modern::ModernError),
 }
 
 /// An error with the request id it belongs to and a human reason.
@@ -69,6 +74,9 @@ pub struct ProxyError {
     pub id: Option<Box<str>>,
     /// The reason, shown to the client and logged.
     pub message: String,
+    /// Rendered for a 2026-07-28 client: an unknown method is HTTP 404, resource-not-found is
+    /// `-32602` (the legacy `-32002` is gone).
+    pub modern: bool,
 }
 
 impl ProxyError {
@@ -78,7 +86,25 @@ impl ProxyError {
             kind,
             id: None,
             message: message.into(),
+            modern: false,
         }
+    }
+
+    /// A modern-era refusal.
+    pub fn modern(e: mcp_wire::modern::ModernError) -> Self {
+        let message = e.to_string();
+        Self {
+            kind: ErrorKind::Modern(e),
+            id: None,
+            message,
+            modern: true,
+        }
+    }
+
+    /// Marks the error as answering a 2026-07-28 request (see [`ProxyError::modern`] field).
+    pub fn for_modern(mut self, modern: bool) -> Self {
+        self.modern = self.modern || modern;
+        self
     }
 
     /// Attaches the request id.
@@ -91,7 +117,9 @@ impl ProxyError {
 
     /// HTTP status of the reply.
     pub fn status(&self) -> u16 {
-        match self.kind {
+        match &self.kind {
+            ErrorKind::Modern(m) => m.http_status(),
+            ErrorKind::MethodNotFound if self.modern => 404,
             ErrorKind::BadOrigin | ErrorKind::BadHost => 403,
             ErrorKind::NotAcceptable => 406,
             ErrorKind::UnsupportedMediaType => 415,
@@ -115,7 +143,9 @@ impl ProxyError {
 
     /// JSON-RPC error code carried in the body, if the reply has a JSON-RPC body.
     pub fn code(&self) -> Option<i32> {
-        match self.kind {
+        match &self.kind {
+            ErrorKind::Modern(m) => Some(m.code()),
+            ErrorKind::ResourceNotFound if self.modern => Some(code::INVALID_PARAMS),
             ErrorKind::UnknownSession | ErrorKind::MethodNotAllowed => None,
             ErrorKind::BadOrigin
             | ErrorKind::BadHost
@@ -138,8 +168,9 @@ impl ProxyError {
 
     /// Which side caused it.
     pub fn source(&self) -> ErrorSource {
-        match self.kind {
-            ErrorKind::BadOrigin
+        match &self.kind {
+            ErrorKind::Modern(_)
+            | ErrorKind::BadOrigin
             | ErrorKind::BadHost
             | ErrorKind::NotAcceptable
             | ErrorKind::UnsupportedMediaType
@@ -163,7 +194,8 @@ impl ProxyError {
 
     /// Whether the client may simply retry the same request.
     pub fn retryable(&self) -> bool {
-        match self.kind {
+        match &self.kind {
+            ErrorKind::Modern(_) => false,
             ErrorKind::UpstreamUnavailable
             | ErrorKind::UpstreamTimeout
             | ErrorKind::UpstreamSessionLost
@@ -188,6 +220,9 @@ impl ProxyError {
 
     /// The JSON-RPC error object for the body, if any.
     pub fn body(&self) -> Option<Vec<u8>> {
+        if let ErrorKind::Modern(m) = &self.kind {
+            return Some(m.render(self.id.as_deref()));
+        }
         let code = self.code()?;
         Some(mcp_wire::jsonrpc::error_object(
             self.id.as_deref(),

@@ -1,5 +1,5 @@
 //! Federation: how many upstreams' lists become one, and how an exposed name or URI finds its
-//! upstream again. Step 6 (`route`) of the request path.
+//! upstream again. Used by the `route` stage of the request path.
 //!
 //! - Exposed tool and prompt names are `<upstream><separator><name>` (or the bare name when the
 //!   separator is `none`). Each upstream's items are kept as their original raw JSON; only the
@@ -10,6 +10,7 @@
 //!   the first upstream in config order keeps it, the other is hidden and logged as an error.
 //! - A tool's annotations in the cached list say whether a call may be retried on another replica
 //!   after its replica was lost ([`UpstreamList::retry_safe`]).
+//! - Pure functions over lists; where the lists are kept and refreshed is [`crate::catalog`].
 //! - Resource URIs pass through unchanged; `uri → upstream` comes from the resource lists and
 //!   from RFC 6570 templates (simple `{var}` expressions).
 
@@ -103,8 +104,8 @@ impl ListKind {
 pub struct Item {
     /// The item exactly as the upstream sent it.
     pub raw: Box<RawValue>,
-    /// `name` for tools/prompts, `uri` for resources, `uriTemplate` for templates.
-    pub key: String,
+    /// `name` for tools/prompts, `uri` for resources, `uriTemplate` for templates (interned).
+    pub key: Arc<str>,
     /// Byte span of the `name` string literal in `raw` (tools/prompts).
     pub name_span: Option<std::ops::Range<usize>>,
 }
@@ -114,32 +115,58 @@ pub struct Item {
 pub struct UpstreamList {
     /// Items in upstream order.
     pub items: Vec<Item>,
+    /// Tools that may safely run twice (annotated `readOnlyHint: true` or
+    /// `idempotentHint: true`), by original name; read once, when the list is fetched.
+    retry_safe: std::collections::HashSet<Arc<str>>,
+    /// The upstream's caching hints for this list (2026-07-28 upstreams; `None` for legacy).
+    pub hints: Option<mcp_wire::modern::CacheHints>,
 }
 
 impl UpstreamList {
+    /// The list of these items (`kind` says whether tool annotations are read).
+    pub fn new(kind: ListKind, items: Vec<Item>) -> Self {
+        let retry_safe = if kind == ListKind::Tools {
+            items
+                .iter()
+                .filter(|i| annotated_retry_safe(i.raw.get()))
+                .map(|i| i.key.clone())
+                .collect()
+        } else {
+            Default::default()
+        };
+        Self {
+            items,
+            retry_safe,
+            hints: None,
+        }
+    }
+
     /// For a tools list: whether the tool `name` (its original name) declares
     /// `annotations.readOnlyHint: true` or `annotations.idempotentHint: true`, i.e. a call may
     /// safely run twice. `false` for an unlisted tool or unreadable annotations.
     pub fn retry_safe(&self, name: &str) -> bool {
-        #[derive(Deserialize)]
-        struct Tool {
-            #[serde(default)]
-            annotations: Option<Hints>,
-        }
-        #[derive(Deserialize)]
-        struct Hints {
-            #[serde(rename = "readOnlyHint", default)]
-            read_only: Option<bool>,
-            #[serde(rename = "idempotentHint", default)]
-            idempotent: Option<bool>,
-        }
-        self.items
-            .iter()
-            .find(|i| i.key == name)
-            .and_then(|i| serde_json::from_str::<Tool>(i.raw.get()).ok())
-            .and_then(|t| t.annotations)
-            .is_some_and(|h| h.read_only == Some(true) || h.idempotent == Some(true))
+        self.retry_safe.contains(name)
     }
+}
+
+/// Whether a tool's JSON declares `readOnlyHint: true` or `idempotentHint: true`.
+fn annotated_retry_safe(tool: &str) -> bool {
+    #[derive(Deserialize)]
+    struct Tool {
+        #[serde(default)]
+        annotations: Option<Hints>,
+    }
+    #[derive(Deserialize)]
+    struct Hints {
+        #[serde(rename = "readOnlyHint", default)]
+        read_only: Option<bool>,
+        #[serde(rename = "idempotentHint", default)]
+        idempotent: Option<bool>,
+    }
+    serde_json::from_str::<Tool>(tool)
+        .ok()
+        .and_then(|t| t.annotations)
+        .is_some_and(|h| h.read_only == Some(true) || h.idempotent == Some(true))
 }
 
 /// One merged, exposed list: rendered items in order, plus the exposed-name index.
@@ -148,58 +175,15 @@ pub struct Merged {
     /// Rendered items (names rewritten).
     pub items: Vec<Bytes>,
     /// Exposed key → (upstream, original key).
-    pub index: HashMap<String, (usize, String)>,
+    pub index: HashMap<Arc<str>, (usize, Arc<str>)>,
     /// Which upstreams contributed (health mask this was built for).
     pub mask: u64,
-}
-
-/// Per-session cache of upstream lists and their merged form.
-#[derive(Debug, Default)]
-pub struct Lists {
-    per_upstream: Vec<[Option<Arc<UpstreamList>>; 4]>,
-    merged: [Option<Arc<Merged>>; 4],
-}
-
-impl Lists {
-    /// An empty cache for `n` upstreams.
-    pub fn new(n: usize) -> Self {
-        Self {
-            per_upstream: (0..n).map(|_| [None, None, None, None]).collect(),
-            merged: [None, None, None, None],
-        }
-    }
-    /// The cached list of one upstream.
-    pub fn get(&self, upstream: usize, kind: ListKind) -> Option<Arc<UpstreamList>> {
-        self.per_upstream.get(upstream)?[kind.index()].clone()
-    }
-    /// Stores a fetched list (and drops the merged form, which is now stale).
-    pub fn put(&mut self, upstream: usize, kind: ListKind, list: Arc<UpstreamList>) {
-        if let Some(slot) = self.per_upstream.get_mut(upstream) {
-            slot[kind.index()] = Some(list);
-        }
-        self.merged[kind.index()] = None;
-    }
-    /// Forgets an upstream's list (after its `list_changed`, or when its session is replaced).
-    pub fn invalidate(&mut self, upstream: usize, kind: ListKind) {
-        if let Some(slot) = self.per_upstream.get_mut(upstream) {
-            slot[kind.index()] = None;
-        }
-        self.merged[kind.index()] = None;
-    }
-    /// Forgets everything about one upstream.
-    pub fn invalidate_upstream(&mut self, upstream: usize) {
-        for k in ListKind::ALL {
-            self.invalidate(upstream, k);
-        }
-    }
-    /// The merged list, if cached for this health mask.
-    pub fn merged(&self, kind: ListKind, mask: u64) -> Option<Arc<Merged>> {
-        self.merged[kind.index()].clone().filter(|m| m.mask == mask)
-    }
-    /// Caches a merged list.
-    pub fn put_merged(&mut self, kind: ListKind, m: Arc<Merged>) {
-        self.merged[kind.index()] = Some(m);
-    }
+    /// The upstream lists it was built from (by upstream index; `None` = skipped), so a cache
+    /// can tell whether it is still current.
+    pub parts: Vec<Option<Arc<UpstreamList>>>,
+    /// The caching hints of the merged list for a 2026-07-28 client: the minimum TTL of its
+    /// parts, `private` if any part is (a legacy part counts as `ttlMs: 0`, private).
+    pub hints: Option<mcp_wire::modern::CacheHints>,
 }
 
 #[derive(Deserialize)]
@@ -277,6 +261,7 @@ pub fn parse_page(
         };
         let key: String = serde_json::from_str(key_raw.get())
             .map_err(|e| ListError::Malformed(kind.method(), e.to_string()))?;
+        let key: Arc<str> = Arc::from(key);
         let name_span = kind.is_named().then(|| {
             let start =
                 (key_raw.get().as_ptr() as usize).saturating_sub(raw.get().as_ptr() as usize);
@@ -334,13 +319,18 @@ pub fn merge(
 ) -> Merged {
     let mut m = Merged {
         mask,
+        parts: lists.to_vec(),
+        hints: Some(mcp_wire::modern::merge_cache_hints(
+            lists.iter().flatten().map(|l| l.hints),
+            false,
+        )),
         ..Merged::default()
     };
     for (u, list) in lists.iter().enumerate() {
         let Some(list) = list else { continue };
         for item in &list.items {
-            let exposed = if kind.is_named() {
-                naming.expose(u, &item.key)
+            let exposed: Arc<str> = if kind.is_named() && naming.separator.is_some() {
+                Arc::from(naming.expose(u, &item.key))
             } else {
                 item.key.clone()
             };
@@ -348,7 +338,7 @@ pub fn merge(
                 tracing::error!(upstream = %naming.upstreams[u], name = %item.key, exposed = %exposed, "exposed name is not a valid MCP name (1-128 of [A-Za-z0-9_.-]); hidden");
                 continue;
             }
-            if let Some((first, _)) = m.index.get(&exposed) {
+            if let Some((first, _)) = m.index.get(&*exposed) {
                 tracing::error!(kind = kind.field(), name = %exposed, kept = %naming.upstreams[*first], hidden = %naming.upstreams[u], "name collision between upstreams: the later one is hidden; set a separator to expose both");
                 continue;
             }
@@ -450,9 +440,10 @@ mod tests {
 
     fn list(kind: ListKind, json: &str) -> Arc<UpstreamList> {
         let resp = format!("{{\"jsonrpc\":\"2.0\",\"id\":1,\"result\":{json}}}");
-        Arc::new(UpstreamList {
-            items: parse_page(kind, resp.as_bytes()).unwrap().0,
-        })
+        Arc::new(UpstreamList::new(
+            kind,
+            parse_page(kind, resp.as_bytes()).unwrap().0,
+        ))
     }
 
     #[test]
@@ -470,7 +461,7 @@ mod tests {
         let first: serde_json::Value = serde_json::from_slice(&m.items[0]).unwrap();
         assert_eq!(first["name"], "a__echo");
         assert!(std::str::from_utf8(&m.items[0]).unwrap().contains(r#""$schema":"https://json-schema.org/draft/2020-12/schema","type":"object","additionalProperties":false"#));
-        assert_eq!(m.index["b__add"], (1, "add".to_string()));
+        assert_eq!(m.index["b__add"], (1, Arc::from("add")));
     }
 
     #[test]

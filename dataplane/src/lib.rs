@@ -1,38 +1,53 @@
 //! meshgate dataplane: the hub that federates many MCP servers behind one Streamable HTTP
 //! endpoint, on monoio with one worker per core.
 //!
-//! The request path, one module per step (DESIGN.md §4):
-//! 1. [`server`] reads requests with the `h1` codec (limits, timeouts);
-//! 2. [`admit`] checks Origin/Host and media types;
-//! 3. [`mcp_wire::peek()`] reads method, id, name/uri without decoding the body;
-//! 4. [`session`] finds the session (`initialize` creates it); with hub replicas, [`cluster`]
-//!    sends a request to the replica owning its session in one hop, and [`persist`] takes a
-//!    session over from the shared [`store`] when its owner is gone;
-//! 5. [`mcp`] answers what the hub owns and routes the rest, using [`federation`] for merged
-//!    lists and name/URI mapping;
-//! 6. [`hub`] opens upstream sessions on the replica the [`ring`] picks and tracks replica health;
-//! 7. [`upstream`] sends to the upstream over pooled connections and relays SSE.
+//! # The request path
 //!
-//! [`error::ProxyError`] is the one error type; [`metrics`] counts everything; [`config`] is
-//! the validated snapshot every worker reads; [`worker`] runs the threads.
+//! [`server`] reads requests with the `h1` codec (limits, timeouts) and hands those on the MCP
+//! endpoint to [`pipeline::handle`], which runs one ordered list of stages, each its own module:
 //!
-//! Off the request path: [`preflight`] refuses to start on unprefixed name collisions;
-//! [`demo`] holds the two example servers of `meshgate --demo`; [`ring`] is the bounded-load
-//! consistent-hash ring used for upstream replicas and hub replicas; [`edge`] accepts edge
-//! tunnels on its own thread and bridges edge slots to them; [`store`] is the shared session
-//! store (Redis with sealed values) that [`persist`] writes on state change.
+//! 1. [`pipeline::admit`] — HTTP checks: Origin/Host, media types, `MCP-Protocol-Version`, the
+//!    JSON-RPC envelope (peeked, not decoded);
+//! 2. [`pipeline::identify`] — the caller's principal;
+//! 3. [`pipeline::session`] — find the session (`initialize` creates it) bound to that
+//!    principal; with hub replicas, serve it at its owner in one hop ([`cluster`]) or take it
+//!    over from the shared [`store`] ([`persist`]);
+//! 4. [`pipeline::policy`] — may this principal do this;
+//! 5. [`pipeline::route`] — the method table: what the hub answers itself (merged lists from
+//!    the [`catalog`], using [`federation`]), or which upstream and name a request goes to;
+//! 6. [`pipeline::affinity`] — the upstream replica (bounded-load consistent hashing, [`ring`])
+//!    and the upstream session on it ([`hub::lifecycle`]);
+//! 7. [`pipeline::forward`] — send over the per-worker [`upstream`] pools; fail over a lost
+//!    replica, retry only what may run twice;
+//! 8. [`pipeline::relay`] — SSE back to the client with hub-minted event ids, server→client
+//!    id remapping and replay;
+//! 9. [`pipeline::audit`] — a record of every message, on success and on error.
+//!
+//! What stages learn travels in [`pipeline::Ctx`] and [`pipeline::Call`]; any stage may end the
+//! request with [`error::ProxyError`], rendered once.
+//!
+//! # Around the path
+//!
+//! [`hub`] is the state every worker shares (sessions, upstream health in [`hub::health`],
+//! the catalog) and the per-worker context; [`hub::housekeeping`] runs probes, expiry and DNS
+//! re-resolution off the path. [`session`] is the state of one client session. [`config`] is
+//! the validated snapshot every worker reads; [`worker`] runs the threads; [`metrics`] counts
+//! everything. [`preflight`] refuses to start on unprefixed name collisions; [`demo`] holds the
+//! two example servers of `meshgate --demo`; [`edge`] accepts edge tunnels on its own thread
+//! and bridges edge slots to them.
 
-pub mod admit;
+pub mod catalog;
 pub mod cluster;
 pub mod config;
 pub mod demo;
+#[cfg(feature = "edge")]
 pub mod edge;
 pub mod error;
 pub mod federation;
 pub mod hub;
-pub mod mcp;
 pub mod metrics;
 pub mod persist;
+pub mod pipeline;
 pub mod preflight;
 pub mod ring;
 pub mod server;
@@ -65,6 +80,7 @@ pub fn start(snap: config::Snapshot) -> std::io::Result<Running> {
     let addr = worker::probe_bind(snap.listen)?;
     let mut snap = snap;
     snap.listen = addr;
+    #[cfg(feature = "edge")]
     let bridge = match &snap.edge {
         Some(_) => {
             let b = edge::Bridge::bind()?;
@@ -73,6 +89,12 @@ pub fn start(snap: config::Snapshot) -> std::io::Result<Running> {
         }
         None => None,
     };
+    #[cfg(not(feature = "edge"))]
+    if snap.edge.is_some() {
+        return Err(std::io::Error::other(
+            "edge: this meshgate was built without the `edge` feature; rebuild with it to accept edge tunnels",
+        ));
+    }
     // The shared store (Redis) and the replica ring, when this hub is one of several.
     let store = match &snap.store {
         Some(cfg) => Some(
@@ -89,10 +111,13 @@ pub fn start(snap: config::Snapshot) -> std::io::Result<Running> {
         hub.metrics.set_store_up(st.status().up);
     }
     *hub.bound.lock() = Some(addr);
+    #[cfg(feature = "edge")]
     let edge_addr = match (bridge, &hub.snap.edge) {
         (Some(b), Some(settings)) => Some(edge::start(hub.clone(), settings, b)?),
         _ => None,
     };
+    #[cfg(not(feature = "edge"))]
+    let edge_addr = None;
     hub::spawn_housekeeping(hub.clone())?;
     let workers = worker::start(hub.clone(), addr)?;
     Ok(Running {

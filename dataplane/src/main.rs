@@ -53,7 +53,7 @@ fn main() -> anyhow::Result<()> {
         Some(path) => {
             let text = std::fs::read_to_string(path)
                 .with_context(|| format!("reading config {}", path.display()))?;
-            serde_yaml::from_str::<HubConfig>(&text)
+            HubConfig::from_yaml(&text)
                 .with_context(|| format!("invalid config {}", path.display()))?
         }
         None => HubConfig::empty(),

@@ -12,9 +12,10 @@
 use std::collections::HashMap;
 use std::time::Duration;
 
+use crate::catalog::fetch_list;
 use crate::config::Snapshot;
 use crate::federation::ListKind;
-use crate::hub::{fetch_list, handshake};
+use crate::hub::lifecycle::handshake;
 use crate::upstream::{self, Pool};
 
 /// A problem found at startup.
@@ -78,11 +79,13 @@ async fn names_of(
     .map_err(|_| "handshake timed out".to_string())?
     .map_err(|e| e.to_string())?;
     let names = if us.has_capability(kind.capability()) {
-        fetch_list(pool, up, &us, kind)
+        let env = crate::hub::lifecycle::envelope("{}", info);
+        fetch_list(pool, up, &us, kind, Some(&env))
             .await
             .map_err(|e| e.to_string())?
+            .0
             .into_iter()
-            .map(|i| i.key)
+            .map(|i| i.key.to_string())
             .collect()
     } else {
         Vec::new()

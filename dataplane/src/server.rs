@@ -40,7 +40,7 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream, bound_loopback: bool) {
         };
         let path = req.head.path();
         let keep = if path == w.hub.snap.endpoint.as_bytes() {
-            crate::mcp::handle(&w, &mut conn, req, bound_loopback).await
+            crate::pipeline::handle(&w, &mut conn, req, bound_loopback).await
         } else {
             ops(&w, &mut conn, &req).await
         };
@@ -108,10 +108,17 @@ async fn ops(w: &Worker, conn: &mut ServerConn<TcpStream>, req: &h1::Request) ->
                         })
                     })
                     .collect();
-            let body = w
+            let mut body = w
                 .hub
                 .metrics
                 .render(&names, &up, &replicas, w.hub.sessions.len());
+            body.push_str("# HELP meshgate_upstream_era Which MCP era the upstream speaks (legacy sessions, 2026-07-28 modern, dual, or unknown until probed).\n# TYPE meshgate_upstream_era gauge\n");
+            for (u, name) in names.iter().enumerate() {
+                let era = w.hub.snap.upstreams[u].era.label();
+                body.push_str(&format!(
+                    "meshgate_upstream_era{{upstream=\"{name}\",era=\"{era}\"}} 1\n"
+                ));
+            }
             (200, body, &[("Content-Type", b"text/plain; version=0.0.4")])
         }
         _ => (

@@ -5,8 +5,12 @@
 //! upstream session per upstream (opened lazily, each on the replica chosen for it and recorded in
 //! it, so the session sticks to that replica while it is healthy), the log level and subscriptions to replay when
 //! an upstream session is re-created, pending server→client requests (hub-minted id → upstream
-//! and original id), the client requests in flight (for cancellation), cached upstream lists, and
-//! the replay buffers of its SSE streams.
+//! and original id; bounded in number and age), the client requests in flight (for
+//! cancellation), and the replay buffers of its SSE streams. Upstream lists are not here: they
+//! are shared by all sessions in [`crate::catalog`].
+//!
+//! The `session` stage of the request path ([`crate::pipeline::session`]) finds or creates these;
+//! this module only holds the state.
 //!
 //! Sessions live in one process-wide table shared by the workers (a sharded `DashMap`), because
 //! a client may spread one session over several connections and each connection lands on any
@@ -22,8 +26,6 @@ use bytes::Bytes;
 use dashmap::DashMap;
 use parking_lot::Mutex;
 use tokio::sync::Notify;
-
-use crate::federation::Lists;
 
 /// The session table.
 #[derive(Default)]
@@ -108,6 +110,12 @@ pub struct UpstreamSession {
 }
 
 impl UpstreamSession {
+    /// Whether this is a 2026-07-28 (stateless) upstream: no session id; every request carries
+    /// its `_meta` envelope and mirrored headers.
+    pub fn is_modern(&self) -> bool {
+        mcp_wire::modern::is_modern_version(&self.version)
+    }
+
     /// Whether the upstream declared a top-level capability, e.g. `logging`.
     pub fn has_capability(&self, name: &str) -> bool {
         self.capabilities.get(name).is_some()
@@ -123,6 +131,54 @@ pub struct PendingRequest {
     pub original_id: Box<str>,
     /// The upstream session generation it came from (an answer for a dead session is dropped).
     pub generation: u64,
+    /// When it was relayed to the client (old ones are given up, see
+    /// [`Session::expire_pending`]).
+    pub created: Instant,
+}
+
+/// Most server→client requests one session may have waiting for the client; past it the
+/// oldest is given up (its upstream gets an error), so a client that never answers cannot grow
+/// the hub's memory.
+pub const MAX_PENDING: usize = 64;
+
+/// A client request in flight, for `notifications/cancelled`.
+#[derive(Debug, Clone)]
+pub struct Inflight {
+    /// The upstream running it.
+    pub upstream: usize,
+    /// Set when the client cancels it: its relay ends at once, with no late response.
+    pub cancel: Arc<Cancel>,
+}
+
+/// A cancellation flag a relay waits on.
+#[derive(Debug, Default)]
+pub struct Cancel {
+    set: AtomicBool,
+    notify: Notify,
+}
+
+impl Cancel {
+    /// Cancels (wakes the relay).
+    pub fn cancel(&self) {
+        self.set.store(true, Ordering::Release);
+        self.notify.notify_waiters();
+    }
+    /// Whether it was cancelled.
+    pub fn is_cancelled(&self) -> bool {
+        self.set.load(Ordering::Acquire)
+    }
+    /// Resolves once cancelled.
+    pub async fn cancelled(&self) {
+        loop {
+            let n = self.notify.notified();
+            let mut n = std::pin::pin!(n);
+            n.as_mut().enable();
+            if self.is_cancelled() {
+                return;
+            }
+            n.await;
+        }
+    }
 }
 
 /// The mutable part of a session.
@@ -138,27 +194,48 @@ pub struct SessionState {
     pub subscriptions: Vec<(usize, String)>,
     /// Server→client requests by hub-minted id (raw JSON).
     pub pending: HashMap<Box<str>, PendingRequest>,
-    /// Client requests in flight: client id (raw JSON) → upstream index.
-    pub inflight: HashMap<Box<str>, usize>,
-    /// Cached upstream lists.
-    pub lists: Lists,
+    /// Requests the hub itself sent the client (a 2026-07-28 upstream's `inputRequests` turned
+    /// into server→client requests), by hub-minted id: the client's answer goes to the waiter.
+    pub input_waiters: HashMap<Box<str>, tokio::sync::oneshot::Sender<Bytes>>,
+    /// Client requests in flight: client id (raw JSON) → upstream and cancel flag.
+    pub inflight: HashMap<Box<str>, Inflight>,
     /// Replay buffers of this session's SSE streams, by stream number.
     pub streams: HashMap<u64, Arc<ReplayStream>>,
     /// Bumped by each standalone GET stream; an older stream ends when it sees a newer one
     /// (a reconnecting client takes over instead of getting a conflict).
     pub get_stream_gen: u64,
+    /// Per upstream: the last event id seen on its GET stream and the upstream-session
+    /// generation it belongs to. A GET stream that re-attaches (after a break, or a newer client
+    /// GET taking over) resumes from there with `Last-Event-ID`, so nothing the upstream sent
+    /// in between is lost.
+    pub upstream_get_ids: Vec<Option<(u64, String)>>,
+    /// Bumped when a subscription to a 2026-07-28 upstream changes (its listen stream, which
+    /// the GET stream holds, must be reopened with the new set).
+    pub listen_want: u64,
+    /// The `listen_want` the GET stream's listen streams are acknowledged at.
+    pub listen_have: u64,
 }
 
 /// A client session.
 pub struct Session {
     /// The hub-minted id.
     pub id: Arc<str>,
+    /// The principal it is bound to (`identify::Principal::binding`; `""` anonymous): a request
+    /// by anyone else does not find it.
+    pub principal: Arc<str>,
     /// Negotiated revision with the client.
     pub version: &'static str,
     /// The client's `capabilities` object, as sent (forwarded to upstreams unchanged).
     pub client_capabilities: Box<serde_json::value::RawValue>,
     /// The client's `clientInfo` object, as sent.
     pub client_info: Box<serde_json::value::RawValue>,
+    /// A hub-held session that carries 2026-07-28 (stateless) clients' requests to the
+    /// upstreams (one per principal and declared capabilities): it prefers modern upstream
+    /// sessions, and is never named to a client.
+    pub modern: bool,
+    /// Sessions whose clients declared the same capabilities see the same upstream lists
+    /// ([`crate::catalog`]).
+    pub caps_class: u64,
     created: Instant,
     created_unix_ms: u64,
     last_seen_ms: AtomicU64,
@@ -172,7 +249,8 @@ pub struct Session {
 }
 
 impl Session {
-    /// A new session for a client that sent these capabilities and info, with a fresh id.
+    /// A new anonymous session for a client that sent these capabilities and info, with a
+    /// fresh id.
     pub fn new(
         version: &'static str,
         client_capabilities: Box<serde_json::value::RawValue>,
@@ -181,6 +259,7 @@ impl Session {
     ) -> Arc<Self> {
         Self::with_id(
             mint_session_id(),
+            "",
             version,
             client_capabilities,
             client_info,
@@ -188,27 +267,72 @@ impl Session {
         )
     }
 
-    /// A session with a given id: one a hub replica minted for itself, or one taken over
-    /// from the shared store.
+    /// A session with a given id, bound to `principal`: one a hub replica minted for itself,
+    /// or one taken over from the shared store.
     pub fn with_id(
         id: Arc<str>,
+        principal: &str,
         version: &'static str,
         client_capabilities: Box<serde_json::value::RawValue>,
         client_info: Box<serde_json::value::RawValue>,
         upstreams: usize,
     ) -> Arc<Self> {
+        Self::build(
+            id,
+            principal,
+            version,
+            client_capabilities,
+            client_info,
+            upstreams,
+            false,
+        )
+    }
+
+    /// The hub-held session that carries a 2026-07-28 client's requests (see
+    /// [`Session::modern`]): legacy upstreams get the hub's own sessions under it (at the newest
+    /// legacy revision), modern upstreams are reached statelessly.
+    pub fn stateless(
+        id: Arc<str>,
+        principal: &str,
+        client_capabilities: Box<serde_json::value::RawValue>,
+        client_info: Box<serde_json::value::RawValue>,
+        upstreams: usize,
+    ) -> Arc<Self> {
+        Self::build(
+            id,
+            principal,
+            mcp_wire::mcp::V2025_11_25,
+            client_capabilities,
+            client_info,
+            upstreams,
+            true,
+        )
+    }
+
+    fn build(
+        id: Arc<str>,
+        principal: &str,
+        version: &'static str,
+        client_capabilities: Box<serde_json::value::RawValue>,
+        client_info: Box<serde_json::value::RawValue>,
+        upstreams: usize,
+        modern: bool,
+    ) -> Arc<Self> {
         let state = SessionState {
             upstreams: vec![None; upstreams],
             opening: vec![false; upstreams],
-            lists: Lists::new(upstreams),
+            upstream_get_ids: vec![None; upstreams],
             ..SessionState::default()
         };
         Arc::new(Session {
             id,
+            principal: Arc::from(principal),
+            modern,
             created_unix_ms: std::time::SystemTime::now()
                 .duration_since(std::time::UNIX_EPOCH)
                 .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX)),
             version,
+            caps_class: crate::ring::hash(client_capabilities.get().as_bytes()),
             client_capabilities,
             client_info,
             created: Instant::now(),
@@ -280,12 +404,58 @@ impl Session {
         s
     }
 
-    /// Mints an id for a server→client request and records where its answer must go.
-    pub fn mint_pending(&self, p: PendingRequest) -> Box<str> {
+    /// Mints an id for a server→client request and records where its answer must go. At
+    /// [`MAX_PENDING`] the oldest waiting request is given up and returned, so the caller can
+    /// tell its upstream.
+    pub fn mint_pending(&self, p: PendingRequest) -> (Box<str>, Option<PendingRequest>) {
         let n = self.next_pending.fetch_add(1, Ordering::Relaxed);
         let id: Box<str> = format!("\"mg-{n}\"").into();
-        self.state.lock().pending.insert(id.clone(), p);
-        id
+        let mut st = self.state.lock();
+        let evicted = if st.pending.len() >= MAX_PENDING {
+            let oldest = st
+                .pending
+                .iter()
+                .min_by_key(|(_, p)| p.created)
+                .map(|(k, _)| k.clone());
+            oldest.and_then(|k| st.pending.remove(&k))
+        } else {
+            None
+        };
+        st.pending.insert(id.clone(), p);
+        (id, evicted)
+    }
+
+    /// Mints an id for a request the hub sends the client itself; the client's answer (the
+    /// whole JSON-RPC response) arrives on the receiver.
+    pub fn mint_waiter(&self) -> (Box<str>, tokio::sync::oneshot::Receiver<Bytes>) {
+        let n = self.next_pending.fetch_add(1, Ordering::Relaxed);
+        let id: Box<str> = format!("\"mg-{n}\"").into();
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        let mut st = self.state.lock();
+        if st.input_waiters.len() >= MAX_PENDING {
+            // Bounded like pending requests: the oldest waiter is given up (its round fails).
+            if let Some(k) = st.input_waiters.keys().next().cloned() {
+                st.input_waiters.remove(&k);
+            }
+        }
+        st.input_waiters.insert(id.clone(), tx);
+        (id, rx)
+    }
+
+    /// Removes and returns the server→client requests waiting `max_age` or longer.
+    pub fn expire_pending(&self, max_age: Duration) -> Vec<PendingRequest> {
+        let mut st = self.state.lock();
+        if st.pending.is_empty() {
+            return Vec::new();
+        }
+        let now = Instant::now();
+        let old: Vec<Box<str>> = st
+            .pending
+            .iter()
+            .filter(|(_, p)| now.saturating_duration_since(p.created) >= max_age)
+            .map(|(k, _)| k.clone())
+            .collect();
+        old.iter().filter_map(|k| st.pending.remove(k)).collect()
     }
 }
 
@@ -372,6 +542,44 @@ mod tests {
         assert_ne!(a, b);
         assert_eq!(a.len(), 32);
         assert!(a.bytes().all(|c| (0x21..=0x7e).contains(&c)));
+    }
+
+    fn session() -> Arc<Session> {
+        let caps = serde_json::value::RawValue::from_string("{}".into()).unwrap();
+        let info = serde_json::value::RawValue::from_string("{}".into()).unwrap();
+        Session::new("2025-11-25", caps, info, 1)
+    }
+
+    fn pending(created: Instant) -> PendingRequest {
+        PendingRequest {
+            upstream: 0,
+            original_id: "1".into(),
+            generation: 1,
+            created,
+        }
+    }
+
+    #[test]
+    fn pending_requests_are_bounded_in_number() {
+        let s = session();
+        let mut evicted = 0;
+        for _ in 0..MAX_PENDING * 3 {
+            let (_, e) = s.mint_pending(pending(Instant::now()));
+            evicted += usize::from(e.is_some());
+        }
+        assert_eq!(s.state.lock().pending.len(), MAX_PENDING);
+        assert_eq!(evicted, MAX_PENDING * 2);
+    }
+
+    #[test]
+    fn pending_requests_expire_by_age() {
+        let s = session();
+        let (id, _) = s.mint_pending(pending(Instant::now()));
+        assert!(s.expire_pending(Duration::from_secs(3600)).is_empty());
+        assert!(s.state.lock().pending.contains_key(&id));
+        let gone = s.expire_pending(Duration::ZERO);
+        assert_eq!(gone.len(), 1);
+        assert!(s.state.lock().pending.is_empty());
     }
 
     #[test]

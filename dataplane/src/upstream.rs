@@ -1,14 +1,18 @@
 //! Upstream connections: per-worker keep-alive pools and the requests the hub sends to MCP
-//! servers. Steps 8–9 (`upstream`, `forward`) of the request path.
+//! servers. The connection layer under the `forward` and `relay` stages (DESIGN.md §4, steps
+//! 8–9).
 //!
 //! Every call names the upstream and the replica it goes to (`r`, an index into
 //! [`Upstream::replicas`]): an upstream session lives on one replica, so everything sent within
 //! it goes there. A [`Pool`] belongs to one worker (no locks: `RefCell`) and keeps idle
 //! connections per (upstream, replica). [`post`] sends one JSON-RPC message
 //! and classifies the answer: a JSON body (read whole), an SSE stream (handed back with its
-//! connection for the caller to pump), or a bare status. A pooled connection that turns out to be
-//! stale (closed by the upstream while idle) is retried once on a fresh connection; nothing else
-//! is retried here. Every call is bounded by the upstream's connect and request timeouts.
+//! connection for the caller to pump), or a bare status. An idle pooled connection is checked
+//! before reuse (a non-blocking peek tells whether the upstream closed it meanwhile). A pooled
+//! connection that still breaks is retried once on a fresh connection only when the request
+//! was not completely written, or the caller says the request may run twice ([`Resend`]): a
+//! request that may have been delivered is never sent again behind the caller's back. Every
+//! call is bounded by the upstream's connect and request timeouts.
 //!
 //! SSE bodies are read by a small local task ([`spawn_reader`]) that feeds decoded events into a
 //! channel, so the forwarding loop can wait for "next event or keep-alive tick" without ever
@@ -39,6 +43,10 @@ pub enum UpstreamError {
     /// The connection broke mid-exchange.
     #[error("connection failed: {0}")]
     Io(String),
+    /// A kept-alive connection broke after the request was written, and the request may not
+    /// run twice, so it was not re-sent: it may or may not have run.
+    #[error("the connection broke after the request was sent (it may or may not have run): {0}")]
+    MaybeDelivered(String),
     /// The upstream does not know our session id any more (HTTP 404).
     #[error("the upstream no longer knows our session")]
     SessionGone,
@@ -63,7 +71,10 @@ impl UpstreamError {
     pub fn is_replica_failure(&self) -> bool {
         matches!(
             self,
-            UpstreamError::Connect(_) | UpstreamError::Timeout(_) | UpstreamError::Io(_)
+            UpstreamError::Connect(_)
+                | UpstreamError::Timeout(_)
+                | UpstreamError::Io(_)
+                | UpstreamError::MaybeDelivered(_)
         )
     }
 }
@@ -78,9 +89,44 @@ impl From<ClientError> for UpstreamError {
     }
 }
 
+/// Whether a request may be sent again on a fresh connection when a kept-alive one broke
+/// after the request was written (the `forward` stage's retry rule decides).
+#[derive(Clone, Copy)]
+pub enum Resend<'a> {
+    /// The request may run twice (the hub's own requests, read-only or idempotent tools).
+    Safe,
+    /// Only when the request was not completely written (so it cannot have run).
+    IfUnsent,
+    /// Ask (only when it matters, which is rare): `true` = it may run twice.
+    Ask(&'a dyn Fn() -> bool),
+}
+
+impl Resend<'_> {
+    /// Whether a request that may have been delivered may be sent again.
+    pub fn allows_twice(&self) -> bool {
+        match self {
+            Resend::Safe => true,
+            Resend::IfUnsent => false,
+            Resend::Ask(f) => f(),
+        }
+    }
+}
+
+/// An idle pooled connection and when it went idle.
+struct Idle {
+    conn: ClientConn,
+    since: std::time::Instant,
+}
+
+/// A connection idle longer than this is checked with a peek before reuse. One used a moment
+/// ago is not (at saturation connections go back and forth within microseconds, and the check
+/// costs a syscall); anything idle longer may have been closed by an upstream that restarted
+/// or timed out its keep-alive.
+const CHECK_IDLE_AFTER: Duration = Duration::from_millis(1);
+
 /// One worker's idle upstream connections, per (upstream, replica).
 pub struct Pool {
-    idle: RefCell<Vec<Vec<Vec<ClientConn>>>>,
+    idle: RefCell<Vec<Vec<Vec<Idle>>>>,
 }
 
 impl Pool {
@@ -91,8 +137,16 @@ impl Pool {
         }
     }
 
+    /// The most recently used idle connection to replica `r` that is still open.
     fn take(&self, up: &Upstream, r: usize) -> Option<ClientConn> {
-        self.idle.borrow_mut().get_mut(up.index)?.get_mut(r)?.pop()
+        let mut idle = self.idle.borrow_mut();
+        let v = idle.get_mut(up.index)?.get_mut(r)?;
+        while let Some(i) = v.pop() {
+            if i.since.elapsed() < CHECK_IDLE_AFTER || !i.conn.peer_closed() {
+                return Some(i.conn);
+            }
+        }
+        None
     }
 
     /// Returns a connection to replica `r` of `up` after use; kept only if reusable and the
@@ -108,7 +162,10 @@ impl Pool {
             }
             let v = &mut per[r];
             if v.len() < up.pool_size {
-                v.push(conn);
+                v.push(Idle {
+                    conn,
+                    since: std::time::Instant::now(),
+                });
             }
         }
     }
@@ -142,14 +199,18 @@ fn replica(up: &Upstream, r: usize) -> Result<&Replica, UpstreamError> {
 }
 
 async fn connect(up: &Upstream, rep: &Replica) -> Result<ClientConn, UpstreamError> {
-    match monoio::time::timeout(up.connect_timeout, ClientConn::connect(rep.addr)).await {
-        Ok(Ok(c)) => Ok(c),
-        Ok(Err(e)) => Err(UpstreamError::Connect(format!("{} ({})", e, rep.addr))),
-        Err(_) => Err(UpstreamError::Connect(format!(
-            "connect to {} timed out after {:?}",
-            rep.addr, up.connect_timeout
-        ))),
-    }
+    let addr = rep.addr.get();
+    let out = match monoio::time::timeout(up.connect_timeout, ClientConn::connect(addr)).await {
+        Ok(Ok(c)) => return Ok(c),
+        Ok(Err(e)) => UpstreamError::Connect(format!("{e} ({addr})")),
+        Err(_) => UpstreamError::Connect(format!(
+            "connect to {addr} timed out after {:?}",
+            up.connect_timeout
+        )),
+    };
+    // The name may point elsewhere now: have the resolver thread look it up again.
+    rep.addr.resolve_soon();
+    Err(out)
 }
 
 /// What an upstream answered to a POST.
@@ -177,9 +238,9 @@ pub enum Reply {
 fn header_list<'a>(
     us: Option<&'a UpstreamSession>,
     accept: &'a [u8],
-    extra: Option<(&'a str, &'a [u8])>,
-) -> ([(&'a str, &'a [u8]); 5], usize) {
-    let mut h: [(&str, &[u8]); 5] = [("", b""); 5];
+    extra: &[(&'a str, &'a [u8])],
+) -> ([(&'a str, &'a [u8]); 8], usize) {
+    let mut h: [(&str, &[u8]); 8] = [("", b""); 8];
     let mut n = 0;
     h[n] = ("Accept", accept);
     n += 1;
@@ -193,11 +254,31 @@ fn header_list<'a>(
         h[n] = ("MCP-Protocol-Version", us.version.as_bytes());
         n += 1;
     }
-    if let Some(e) = extra {
-        h[n] = e;
+    for e in extra.iter().take(h.len() - n) {
+        h[n] = *e;
         n += 1;
     }
     (h, n)
+}
+
+/// The headers a 2026-07-28 upstream requires mirrored from the body (`Mcp-Method`, and
+/// `Mcp-Name` for tools/call, prompts/get, resources/read), read from the body itself so they
+/// always match it. Values that are not plain ASCII go in the spec's `=?base64?…?=` form.
+fn modern_headers(body: &[u8]) -> (Option<String>, Option<String>) {
+    let Ok(p) = mcp_wire::peek(body) else {
+        return (None, None);
+    };
+    let method = p.method.as_deref().map(str::to_string);
+    let name = match method.as_deref() {
+        Some(m) if mcp_wire::modern::needs_name_header(m) => p
+            .name
+            .as_ref()
+            .map(|n| n.value.to_string())
+            .or_else(|| p.uri.as_deref().map(str::to_string))
+            .map(|v| mcp_wire::modern::encode_header_value(&v).into_owned()),
+        _ => None,
+    };
+    (method, name)
 }
 
 const ACCEPT_BOTH: &[u8] = b"application/json, text/event-stream";
@@ -209,15 +290,25 @@ async fn exchange(
     method: &str,
     headers: &[(&str, &[u8])],
     body: &[u8],
+    resend: Resend<'_>,
 ) -> Result<(ResponseHead, ClientConn), UpstreamError> {
     let rep = replica(up, r)?;
-    // A pooled connection may have been closed by the upstream while idle; that shows up as a
-    // failure before any response byte, and is retried once on a fresh connection.
+    // A pooled connection may have been closed by the upstream just as it was reused; that
+    // shows up as a failure before any response byte. It is retried once on a fresh connection
+    // when the request cannot have been delivered (not completely written) or may run twice.
     let mut reused_failed = false;
     if let Some(mut conn) = pool.take(up, r) {
         match conn.send(method, &rep.path, &rep.host, headers, body).await {
             Ok(head) => return Ok((head, conn)),
-            Err(ClientError::Closed) | Err(ClientError::Io(_)) => reused_failed = true,
+            Err(e @ (ClientError::Closed | ClientError::Io(_))) => {
+                if conn.request_written() && !resend.allows_twice() {
+                    return Err(UpstreamError::MaybeDelivered(format!(
+                        "{e} (upstream '{}', {})",
+                        up.name, rep.url
+                    )));
+                }
+                reused_failed = true;
+            }
             Err(e) => return Err(e.into()),
         }
     }
@@ -255,10 +346,25 @@ pub async fn post(
     r: usize,
     us: Option<&UpstreamSession>,
     body: &[u8],
+    resend: Resend<'_>,
 ) -> Result<Reply, UpstreamError> {
     let fut = async {
-        let (h, n) = header_list(us, ACCEPT_BOTH, None);
-        let (head, mut conn) = exchange(pool, up, r, "POST", &h[..n], body).await?;
+        let (method, name) = match us {
+            Some(us) if us.is_modern() => modern_headers(body),
+            _ => (None, None),
+        };
+        let mut extra: [(&str, &[u8]); 2] = [("", b""); 2];
+        let mut k = 0;
+        if let Some(m) = &method {
+            extra[k] = ("Mcp-Method", m.as_bytes());
+            k += 1;
+        }
+        if let Some(nm) = &name {
+            extra[k] = ("Mcp-Name", nm.as_bytes());
+            k += 1;
+        }
+        let (h, n) = header_list(us, ACCEPT_BOTH, &extra[..k]);
+        let (head, mut conn) = exchange(pool, up, r, "POST", &h[..n], body, resend).await?;
         let session_id = head.headers.get_str("mcp-session-id").map(str::to_string);
         if head.status == 404 && us.is_some_and(|u| u.sid.is_some()) {
             return Err(UpstreamError::SessionGone);
@@ -275,7 +381,12 @@ pub async fn post(
         }
         let body = conn.read_to_end(MAX_UPSTREAM_BODY).await?;
         pool.put(up, r, conn);
-        if head.status == 200 && content_type_is(&head, "application/json") {
+        // A 2026-07-28 upstream answers some errors with a 4xx and a JSON-RPC error body
+        // (-32020..-32022, -32602 for a bad envelope, 404 + -32601): that is an answer, relayed.
+        let modern_error = us.is_some_and(UpstreamSession::is_modern)
+            && (400..500).contains(&head.status)
+            && content_type_is(&head, "application/json");
+        if (head.status == 200 || modern_error) && content_type_is(&head, "application/json") {
             return Ok(Reply::Json {
                 status: head.status,
                 session_id,
@@ -309,8 +420,11 @@ pub async fn get_stream(
     last_event_id: Option<&str>,
 ) -> Result<Option<ClientConn>, UpstreamError> {
     let fut = async {
-        let extra = last_event_id.map(|id| ("Last-Event-ID", id.as_bytes()));
-        let (h, n) = header_list(Some(us), b"text/event-stream", extra);
+        let extra: Vec<(&str, &[u8])> = last_event_id
+            .map(|id| ("Last-Event-ID", id.as_bytes()))
+            .into_iter()
+            .collect();
+        let (h, n) = header_list(Some(us), b"text/event-stream", &extra);
         // Content-Type on a GET without body is harmless but odd; skip it.
         let hs: Vec<(&str, &[u8])> = h[..n]
             .iter()
@@ -318,7 +432,7 @@ pub async fn get_stream(
             .filter(|(k, _)| *k != "Content-Type")
             .collect();
         let r = us.replica;
-        let (head, mut conn) = exchange(pool, up, r, "GET", &hs, b"").await?;
+        let (head, mut conn) = exchange(pool, up, r, "GET", &hs, b"", Resend::Safe).await?;
         match head.status {
             200 if content_type_is(&head, "text/event-stream") => Ok(Some(conn)),
             404 => Err(UpstreamError::SessionGone),
@@ -342,14 +456,14 @@ pub async fn delete(pool: &Pool, up: &Upstream, us: &UpstreamSession) {
         return;
     }
     let fut = async {
-        let (h, n) = header_list(Some(us), ACCEPT_BOTH, None);
+        let (h, n) = header_list(Some(us), ACCEPT_BOTH, &[]);
         let hs: Vec<(&str, &[u8])> = h[..n]
             .iter()
             .copied()
             .filter(|(k, _)| *k != "Content-Type")
             .collect();
         let r = us.replica;
-        let (_head, mut conn) = exchange(pool, up, r, "DELETE", &hs, b"").await?;
+        let (_head, mut conn) = exchange(pool, up, r, "DELETE", &hs, b"", Resend::Safe).await?;
         let _ = conn.read_to_end(64 * 1024).await;
         pool.put(up, r, conn);
         Ok::<(), UpstreamError>(())
@@ -361,7 +475,7 @@ pub async fn delete(pool: &Pool, up: &Upstream, us: &UpstreamSession) {
 
 /// POSTs a request to replica `r` and waits for its JSON-RPC response, whether the upstream
 /// answers with JSON or SSE (other events on the stream are dropped: used for the hub's own
-/// requests).
+/// requests, which may run twice: handshake, lists, ping, log level, subscriptions).
 ///
 /// # Errors
 /// [`UpstreamError`].
@@ -372,7 +486,7 @@ pub async fn request(
     us: Option<&UpstreamSession>,
     body: &[u8],
 ) -> Result<(Bytes, Option<String>), UpstreamError> {
-    match post(pool, up, r, us, body).await? {
+    match post(pool, up, r, us, body, Resend::Safe).await? {
         Reply::Json {
             body, session_id, ..
         } => Ok((body, session_id)),

@@ -3,6 +3,9 @@
 //! npm) supervised by the agent, the agent's built-in device tools, and the official TypeScript
 //! SDK client talking to the hub.
 //!
+//! The resume test runs the agent as a plain HTTP upstream (`serve-local`) so it can take the
+//! agent's GET stream away from the hub and check the hub resumes it with `Last-Event-ID`.
+//!
 //! The partition tests put the agent in its own network namespace joined to the hub by a veth
 //! pair, and cut the link with `ip link set down` (they need root and iproute2, as CI has).
 
@@ -222,15 +225,6 @@ fn sdk_client_uses_edge_stdio_server_and_device_tools_through_the_hub() {
             "--everything",
             "everything__",
         ])
-        // Known gap (closing note of 2026-12-02): a log message the shared stdio server sends
-        // outside any request reaches the edge session's GET stream but is intermittently not
-        // relayed to the client (about 1 run in 5). Logs tied to a request do arrive.
-        .args([
-            "--skip",
-            "log notifications on the GET stream",
-            "--skip-reason",
-            "known gap: unsolicited logs from a shared stdio server over the edge GET relay",
-        ])
         .output()
         .expect("run e2e-client.mjs");
     let text = String::from_utf8_lossy(&out.stdout);
@@ -241,14 +235,44 @@ fn sdk_client_uses_edge_stdio_server_and_device_tools_through_the_hub() {
         hub.stderr(),
         agent.log()
     );
-    for must in ["progress", "sampling"] {
-        assert!(
-            text.lines()
-                .any(|l| l.starts_with("ok - ") && l.contains(must) && !l.contains("SKIP")),
-            "no passing {must} scenario:\n{text}"
-        );
-    }
+    // Exactly these checks pass (a check that skipped itself, or one that went missing, fails
+    // here); the rest are fixture-only and skip in `--direct --everything` mode.
+    assert_eq!(
+        passed_checks(&text),
+        EDGE_E2E_PASSING,
+        "the passing checks changed:\n{text}"
+    );
 }
+
+/// The `ok - <name>` lines of an e2e-client run that passed (not skipped), in order.
+fn passed_checks(out: &str) -> Vec<&str> {
+    out.lines()
+        .filter_map(|l| l.strip_prefix("ok - "))
+        .filter(|l| !l.contains(" # SKIP"))
+        .collect()
+}
+
+/// The checks of `e2e-client.mjs --direct --everything everything__` that must pass through the
+/// hub, the tunnel and the agent's shared stdio server-everything.
+const EDGE_E2E_PASSING: &[&str] = &[
+    "initialize",
+    "tools/list paginated (both upstreams, no duplicates)",
+    "tools/list has sampling/elicitation-conditional tools of server-everything",
+    "tools/call server-everything echo",
+    "progress (server-everything trigger-long-running-operation)",
+    "sampling round trip (server-everything trigger-sampling-request)",
+    "elicitation round trip (server-everything trigger-elicitation-request)",
+    "logging/setLevel + log notifications on the GET stream (server-everything toggle-simulated-logging)",
+    "resources/list paginated",
+    "resources/read (server-everything)",
+    "resources/templates/list",
+    "resources/subscribe -> notifications/resources/updated (server-everything toggle-subscriber-updates)",
+    "prompts/list paginated (both upstreams)",
+    "prompts/get (server-everything args-prompt)",
+    "completion/complete (server-everything completable-prompt)",
+    "ping",
+    "DELETE session, then POST with the old Mcp-Session-Id -> 404",
+];
 
 /// The agent's open sockets: it must not listen on any TCP port.
 fn tcp_listen_inodes_of(pid: u32) -> Vec<String> {
@@ -308,13 +332,11 @@ fn agent_opens_no_listening_socket_and_its_tools_leave_and_return_with_it() {
         "tools of a dead edge stayed listed"
     );
     let sid = initialize(&hub, "2025-11-25");
-    let t0 = Instant::now();
     let m = call_tool(&hub, &sid, "device__cpu", "{}");
-    assert!(m["error"].is_object(), "{m}");
-    assert!(
-        t0.elapsed() < Duration::from_secs(1),
-        "a call to a lost edge must fail fast"
-    );
+    // It fails fast: the hub answers from the slot being down, without trying the edge (not a
+    // timeout, not a connection attempt).
+    let why = m["error"]["message"].as_str().unwrap_or_default();
+    assert!(why.contains("is unavailable"), "{m}");
     // Back: the tools return.
     let agent2 = Agent::start(&yaml, None);
     assert!(
@@ -470,7 +492,7 @@ fn require_netns() {
 }
 
 #[test]
-fn partition_fails_calls_fast_and_tools_return_within_two_seconds_of_the_link() {
+fn partition_fails_calls_fast_and_tools_return_with_the_link() {
     require_netns();
     let net = Netns::new(1);
     let certs = Certs::new("edge-part", &["localhost", &net.hub_ip], &["edge-1"]);
@@ -507,6 +529,7 @@ fn partition_fails_calls_fast_and_tools_return_within_two_seconds_of_the_link() 
             std::thread::spawn(move || {
                 let mut worst_failure = Duration::ZERO;
                 let (mut ok, mut failed) = (0u32, 0u32);
+                let mut reasons = std::collections::BTreeSet::new();
                 while !stop.load(std::sync::atomic::Ordering::Relaxed) {
                     let t0 = Instant::now();
                     let m = call_tool(&hub_target, &sid, "everything__echo", r#"{"message":"hi"}"#);
@@ -515,10 +538,11 @@ fn partition_fails_calls_fast_and_tools_return_within_two_seconds_of_the_link() 
                     } else {
                         failed += 1;
                         worst_failure = worst_failure.max(t0.elapsed());
+                        reasons.insert(m["error"]["message"].as_str().unwrap_or("").to_string());
                     }
                     std::thread::sleep(Duration::from_millis(20));
                 }
-                (ok, failed, worst_failure)
+                (ok, failed, worst_failure, reasons)
             })
         })
         .collect();
@@ -538,18 +562,22 @@ fn partition_fails_calls_fast_and_tools_return_within_two_seconds_of_the_link() 
     let results: Vec<_> = workers.into_iter().map(|w| w.join().unwrap()).collect();
     let back =
         back.unwrap_or_else(|| panic!("tools did not return\n{}\n{}", hub.stderr(), agent.log()));
-    println!("tools left {gone:?} after the cut, returned {back:?} after the link came back; per session (ok, failed, slowest failure): {results:?}");
-    assert!(
-        back <= Duration::from_secs(2),
-        "tools returned after {back:?}"
-    );
-    for (ok, failed, worst) in &results {
+    println!("tools left {gone:?} after the cut, returned {back:?} after the link came back; per session (ok, failed, slowest failure, reasons): {results:?}");
+    // How fast is a figure (printed above; benches/scripts/edge-tunnel.sh for measurements);
+    // what is asserted is behaviour: every session had calls succeed and fail, and every failure
+    // is the lost link itself (the slot going down, or the tunnel stream or link ending), never
+    // a call left waiting for the hub's request timeout.
+    for (ok, failed, _, reasons) in &results {
         assert!(*ok > 0 && *failed > 0, "{results:?}");
-        // A call stuck on the cut link ends within the tunnel's idle timeout (2 s) plus margin.
-        assert!(
-            *worst < Duration::from_secs(4),
-            "a failing call took {worst:?}"
-        );
+        for r in reasons {
+            let link_lost = r.contains("is unavailable")
+                || r.contains("stream failed")
+                || r.contains("unreachable");
+            assert!(
+                link_lost && !r.contains("did not answer within"),
+                "a failure that is not the lost link: {r:?}"
+            );
+        }
     }
     // Every session works again after the link is back.
     for sid in &sids {
@@ -586,4 +614,173 @@ fn blocked_udp_falls_back_to_tls_over_tcp() {
     let sid = initialize(&hub, "2025-11-25");
     let m = call_tool(&hub, &sid, "device__load", "{}");
     assert!(m["result"].is_object(), "{m}");
+}
+
+/// A raw SSE stream read by a thread; what arrived so far.
+struct Collected {
+    text: std::sync::Arc<std::sync::Mutex<String>>,
+    sock: std::net::TcpStream,
+}
+
+impl Collected {
+    /// Sends `request` on a new connection to `addr` and collects what comes back.
+    fn open(addr: &str, request: &str) -> Collected {
+        use std::io::{Read, Write};
+        let mut sock = std::net::TcpStream::connect(addr).unwrap();
+        sock.write_all(request.as_bytes()).unwrap();
+        let text = std::sync::Arc::new(std::sync::Mutex::new(String::new()));
+        let (t, mut r) = (text.clone(), sock.try_clone().unwrap());
+        std::thread::spawn(move || {
+            // Bounded: the test shuts the socket down when it is done with it.
+            r.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+            let mut buf = [0u8; 8192];
+            while let Ok(n) = r.read(&mut buf) {
+                if n == 0 {
+                    break;
+                }
+                t.lock()
+                    .unwrap_or_else(|p| p.into_inner())
+                    .push_str(&String::from_utf8_lossy(&buf[..n]));
+            }
+        });
+        Collected { text, sock }
+    }
+    fn has(&self, needle: &str) -> bool {
+        self.text.lock().unwrap().contains(needle)
+    }
+    /// Waits (bounded) for `needle`; whether it came.
+    fn wait(&self, needle: &str, within: Duration) -> bool {
+        let t0 = Instant::now();
+        while t0.elapsed() < within {
+            if self.has(needle) {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.has(needle)
+    }
+}
+
+impl Drop for Collected {
+    fn drop(&mut self) {
+        let _ = self.sock.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+/// The hub's GET relay resumes an upstream GET stream of the same upstream session with
+/// `Last-Event-ID`, and the agent replays what it sent while the stream was detached. Here the
+/// agent (`serve-local`) is an ordinary HTTP upstream of the hub, so the test can take the
+/// upstream session's GET stream away from the hub (a second GET on the agent wins) and give
+/// it back, the way a late or reconnecting GET does between hub and edge.
+#[test]
+fn hub_resumes_an_edge_get_stream_with_last_event_id_and_loses_nothing() {
+    let (node, _) = require_node_kit();
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../edge-agent/tests/node/script-server.mjs")
+        .canonicalize()
+        .expect("the edge agent's script server");
+    let dir = scratch("edge-resume");
+    let cfg = dir.join("edge.yaml");
+    std::fs::write(
+        &cfg,
+        format!(
+            "edge: {{ id: edge-r }}\ndevice: {{ enabled: false }}\nservers:\n  - {{ name: script, kind: stdio, command: '{}', args: ['{}'], mode: per-session, prewarm: 1 }}\n",
+            node.display(),
+            script.display()
+        ),
+    )
+    .unwrap();
+    let mut cmd = Command::new(edge_bin());
+    cmd.args(["serve-local", "--config"])
+        .arg(&cfg)
+        .args(["--listen", "127.0.0.1:0"]);
+    let agent = spawn_ready(cmd, "listening on ", Duration::from_secs(30));
+    let agent_addr = agent.line["listening on ".len()..].trim().to_string();
+    let hub = start_hub(
+        &format!("listen: 127.0.0.1:0\nworkers: 2\nsse_keepalive: 1s\nupstreams:\n  - name: script\n    url: http://{agent_addr}/mcp/script\n    health_interval: 60s\n"),
+        "auto",
+    );
+    let sid = initialize(&hub, "2025-11-25");
+    let client = Collected::open(
+        &hub.addr.to_string(),
+        &format!("GET /mcp HTTP/1.1\r\nHost: {}\r\nAccept: text/event-stream\r\nMcp-Session-Id: {sid}\r\nMCP-Protocol-Version: 2025-11-25\r\n\r\n", hub.addr),
+    );
+    let log = |text: &str| {
+        let r = call_tool(
+            &hub,
+            &sid,
+            "script__log_later",
+            &format!(r#"{{"ms":0,"text":"{text}"}}"#),
+        );
+        assert_eq!(r["result"]["content"][0]["text"], "scheduled", "{r}");
+    };
+    // The hub's GET relay is attached once a log sent now reaches the client live.
+    let attached = (0..20).any(|k| {
+        log(&format!("before-{k}"));
+        client.wait(&format!("before-{k}"), Duration::from_millis(500))
+    });
+    assert!(
+        attached,
+        "the hub never relayed a GET-stream log\n{}",
+        hub.stderr()
+    );
+    // The agent's sessions (the hub's, and possibly its health probe's).
+    let status = |addr: &str| -> serde_json::Value {
+        let r = raw(
+            addr.parse().unwrap(),
+            b"GET /meshgate/edge/status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n",
+            Duration::from_secs(10),
+        )
+        .unwrap();
+        r.json()
+    };
+    let agent_sids: Vec<String> = status(&agent_addr)["servers"][0]["session_pids"]
+        .as_object()
+        .expect("per-session status lists sessions")
+        .keys()
+        .cloned()
+        .collect();
+    assert!(!agent_sids.is_empty());
+    // Take the GET stream away from the hub, send a log while the test holds it, give it back.
+    // The hub re-attaches about a second after losing its stream; an attempt where it won the
+    // stream back before the log went out delivers that log live, so it is tried again.
+    let mut detached = None;
+    for k in 0..5 {
+        let thieves: Vec<Collected> = agent_sids
+            .iter()
+            .map(|s| {
+                Collected::open(
+                    &agent_addr,
+                    &format!("GET /mcp/script HTTP/1.1\r\nHost: x\r\nConnection: close\r\nAccept: text/event-stream\r\nMcp-Session-Id: {s}\r\n\r\n"),
+                )
+            })
+            .collect();
+        for t in &thieves {
+            assert!(
+                t.wait("id: g-", Duration::from_secs(10)),
+                "agent GET not opened"
+            );
+        }
+        let text = format!("during-{k}");
+        log(&text);
+        let stolen = thieves
+            .iter()
+            .any(|t| t.wait(&text, Duration::from_millis(700)));
+        drop(thieves);
+        if stolen && !client.has(&text) {
+            detached = Some(text);
+            break;
+        }
+    }
+    let text = detached.expect("no log was ever sent while the hub's GET stream was detached");
+    // The hub resumes from the last id it saw: the agent replays the missed log.
+    assert!(
+        client.wait(&text, Duration::from_secs(10)),
+        "the log sent while the hub's upstream GET stream was detached never reached the client\n--- client ---\n{}\n--- hub ---\n{}",
+        client.text.lock().unwrap(),
+        hub.stderr()
+    );
+    // And it goes on live.
+    log("after-resume");
+    assert!(client.wait("after-resume", Duration::from_secs(10)));
 }

@@ -307,7 +307,7 @@ fn killed_replica_fails_only_calls_in_flight_and_comes_back() {
 fn replica_config_errors_name_the_field() {
     use dataplane::config::{HubConfig, Snapshot};
     let load = |yaml: &str| -> Result<Snapshot, String> {
-        let raw: HubConfig = serde_yaml::from_str(yaml).map_err(|e| e.to_string())?;
+        let raw = HubConfig::from_yaml(yaml).map_err(|e| e.to_string())?;
         Snapshot::from_config(&raw).map_err(|e| e.to_string())
     };
     let dir = std::path::PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/config/invalid");

@@ -225,6 +225,11 @@ fn block<F: std::future::Future>(f: F) -> F::Output {
         .block_on(f)
 }
 
+/// Runs `f` to completion, or gives up after `limit` (`None`): a hang guard.
+fn block_within<F: std::future::Future>(limit: Duration, f: F) -> Option<F::Output> {
+    block(async { tokio::time::timeout(limit, f).await.ok() })
+}
+
 /// Polls `get` until it returns `want` (bounded): writes are fire-and-forget.
 fn wait_get(s: &dyn SessionStore, id: &str, p: &str, want: Option<&SessionRecord>) {
     let until = Instant::now() + Duration::from_secs(3);
@@ -449,33 +454,25 @@ fn redis_lost_and_back() {
     let downs_before = count_log("session store unreachable");
 
     r.stop();
-    // The first get after the loss discovers it (connection reset) and fails within ~1 s.
-    let t = Instant::now();
-    let got = block(s.get(&id, "alice"));
+    // The first get after the loss discovers it (connection reset, or the 500 ms operation
+    // timeout fires) and fails with Down instead of hanging. HANG is a hang guard, 20 times the
+    // operation timeout, not a latency gate: latency is measured in benches/scripts/store.sh.
+    const HANG: Duration = Duration::from_secs(10);
+    let got = block_within(HANG, s.get(&id, "alice")).expect("get after the loss hung");
     assert!(matches!(got, Err(StoreError::Down(_))), "{got:?}");
-    assert!(
-        t.elapsed() < Duration::from_millis(1100),
-        "{:?}",
-        t.elapsed()
-    );
     assert!(!s.status().up);
-    // Now every call answers at once.
+    // Now every put is dropped and counted at once rather than queued behind the outage.
     let dropped_before = s.status().writes_dropped;
+    let t = Instant::now();
     for _ in 0..100 {
-        let t = Instant::now();
         s.put(&id, "alice", &record("alice"));
-        assert!(
-            t.elapsed() < Duration::from_millis(5),
-            "put took {:?}",
-            t.elapsed()
-        );
     }
+    // A put that waited for the store would take the operation timeout each (50 s for 100).
+    assert!(t.elapsed() < HANG, "100 puts blocked: {:?}", t.elapsed());
     assert_eq!(s.status().writes_dropped, dropped_before + 100);
     for _ in 0..5 {
-        let t = Instant::now();
-        let got = block(s.get(&id, "alice"));
+        let got = block_within(HANG, s.get(&id, "alice")).expect("get while down hung");
         assert!(matches!(got, Err(StoreError::Down(_))), "{got:?}");
-        assert!(t.elapsed() < Duration::from_millis(1100));
     }
     std::thread::sleep(Duration::from_millis(600));
     assert_eq!(
@@ -559,8 +556,10 @@ fn redis_unreachable_at_start_comes_up_later() {
     std::fs::remove_dir_all(dir).unwrap();
 }
 
-/// Not a gate: prints put→get latency through the bridge thread and the caller's cost of `put`.
+/// A measurement, not a test (ignored; run by `benches/scripts/store.sh`, figures in
+/// BENCHMARKS.md): put→get latency through the bridge thread and the caller's cost of `put`.
 #[test]
+#[ignore = "measurement: benches/scripts/store.sh"]
 fn redis_latency_measure() {
     let r = Redis::start();
     let dir = tmp_dir("keys");

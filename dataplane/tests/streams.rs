@@ -205,16 +205,20 @@ fn upstream_that_forgets_the_session_is_reinitialized() {
         ..MockConfig::default()
     })
     .unwrap();
+    // The call that meets the restart fails clearly, naming the upstream: either the upstream
+    // answered 404 for our session ("lost its session"), or the kept-alive connection to the
+    // old process broke only after the request was written, so the hub cannot know whether it
+    // ran and says so instead of sending it again (a tools/call runs at most once). Either way
+    // the hub re-initializes the upstream session.
     let m = call_tool(&hub, &sid, "mock__tool_1", "{}");
+    let msg = m["error"]["message"].as_str().unwrap_or("").to_string();
     assert_eq!(
         m["error"]["code"], -32603,
         "the in-flight call fails clearly: {m}"
     );
+    assert!(msg.contains("'mock'"), "{m}");
     assert!(
-        m["error"]["message"]
-            .as_str()
-            .unwrap()
-            .contains("lost its session"),
+        msg.contains("lost its session") || msg.contains("may or may not have run"),
         "{m}"
     );
     let again = call_tool(&hub, &sid, "mock__tool_1", "{}");

@@ -1,17 +1,33 @@
 //! One running stdio MCP server process and the multiplexer in front of it.
 //!
 //! A [`Mux`] owns one child (spawned by [`crate::supervisor`]), writes newline-delimited JSON-RPC
-//! to its stdin and routes every line it prints:
+//! to its stdin and routes every line it prints. Over stdio nothing says which client request a
+//! server message belongs to, except where the protocol carries a key; the mux routes by those
+//! keys and never guesses across sessions where it cannot tell:
 //! - responses go back to the waiting caller, with the agent-unique request id swapped back to the
 //!   session's own id;
 //! - `notifications/progress` go to the stream of the request whose (rewritten, agent-unique)
-//!   `progressToken` they carry, token restored;
-//! - server→client requests (sampling, elicitation, roots) go to the session with a request in
-//!   flight on this child (the most recent one if several), with their id rewritten so the
-//!   client's answer ([`Mux::respond`]) finds its way back; with no session at hand the agent
-//!   answers itself (`roots/list` → no roots, otherwise an error);
-//! - log messages go to the most recent in-flight request, other notifications (list_changed,
-//!   resources/updated) to every attached session's GET stream.
+//!   `progressToken` they carry, token restored (unknown token: dropped);
+//! - messages of a task (`notifications/tasks/status`, or any message whose `_meta` names a
+//!   `related-task`) go to the GET stream of the session whose request created that task (the
+//!   mux records the `taskId` of every `CreateTaskResult` it relays); unknown task: dropped;
+//! - `notifications/elicitation/complete` goes only to the session that got the URL-mode
+//!   `elicitation/create` with that `elicitationId`; unknown id: dropped;
+//! - `notifications/resources/updated` goes to the GET streams of the sessions subscribed to the
+//!   URI;
+//! - every other notification (`notifications/message` logs, `list_changed`, ...) is not tied to
+//!   a request: it goes to the GET streams of the sessions attached to this process, never to a
+//!   POST stream and never to a session not attached (the GET streams keep it for replay when
+//!   nobody is listening);
+//! - server→client requests (sampling, elicitation, roots) go, with their id rewritten so the
+//!   client's answer ([`Mux::respond`]) finds its way back: to the task's session when they name
+//!   a `related-task`; else to the session with requests in flight, on the stream of its most
+//!   recent one; else to the GET stream of the last caller still attached. **Ambiguous** and
+//!   documented: when *several* sessions have requests in flight on one shared process, stdio
+//!   does not say which call caused the request; it goes to the most recent call's stream (a
+//!   shared server that needs exact attribution should run `mode: per-session`). With no session
+//!   at hand the agent answers itself (`roots/list` → no roots, `ping` → `{}`, otherwise an
+//!   error), so the server never waits forever.
 //!
 //! The agent initializes the child once ([`Mux::start`]); sessions get the cached
 //! `InitializeResult`. Shared mode attaches many sessions to one `Mux`; per-session mode one.
@@ -62,7 +78,52 @@ struct State {
     /// first subscriber's `resources/subscribe` and the last one's `resources/unsubscribe`.
     subs: HashMap<String, HashSet<String>>,
     last_caller: Option<Weak<Session>>,
+    /// Task id (from a relayed `CreateTaskResult`) → the session whose request created it.
+    tasks: RouteKeys,
+    /// `elicitationId` of a URL-mode elicitation → the session it was sent to.
+    elicitations: RouteKeys,
     exited: Option<String>,
+}
+
+/// Most routing keys (task ids, elicitation ids) remembered per process; the oldest go first.
+const MAX_ROUTE_KEYS: usize = 1024;
+
+/// `notifications/elicitation/complete` (URL-mode elicitation finished).
+const ELICITATION_COMPLETE: &str = "notifications/elicitation/complete";
+/// `notifications/tasks/status`.
+const TASKS_STATUS: &str = "notifications/tasks/status";
+/// The `_meta` key naming the task a message belongs to.
+const RELATED_TASK: &str = "io.modelcontextprotocol/related-task";
+
+/// A bounded key → session map, oldest keys evicted first.
+#[derive(Default)]
+struct RouteKeys {
+    map: HashMap<String, Weak<Session>>,
+    order: std::collections::VecDeque<String>,
+}
+
+impl RouteKeys {
+    fn insert(&mut self, key: String, s: &Arc<Session>) {
+        if self.map.insert(key.clone(), Arc::downgrade(s)).is_none() {
+            self.order.push_back(key);
+        }
+        while self.map.len() > MAX_ROUTE_KEYS {
+            let Some(old) = self.order.pop_front() else {
+                break;
+            };
+            self.map.remove(&old);
+        }
+    }
+
+    fn get(&self, key: &str) -> Option<Arc<Session>> {
+        self.map.get(key).and_then(Weak::upgrade)
+    }
+
+    fn remove(&mut self, key: &str) {
+        if self.map.remove(key).is_some() {
+            self.order.retain(|k| k != key);
+        }
+    }
 }
 
 /// One child process and its multiplexer.
@@ -147,6 +208,11 @@ impl Mux {
                         tracing::warn!(server = %m.name, "non-JSON line on stdout ({e}): {line}")
                     }
                 }
+                drop(m);
+                // Let the streams this message went to write it out before the next one: on the
+                // agent's one-thread runtime a burst from the child would otherwise fill healthy
+                // consumers' queues (and have them dropped as slow) before they ever ran.
+                tokio::task::yield_now().await;
             }
             // stdout closed: the child is exiting (or was killed); make sure and reap it.
             supervisor::kill_group(pid);
@@ -452,6 +518,12 @@ impl Mux {
                 });
                 match p {
                     Some(p) => {
+                        let task = v.pointer("/result/task/taskId").and_then(Value::as_str);
+                        if let (Some(t), Some(s)) =
+                            (task, p.session.as_ref().and_then(Weak::upgrade))
+                        {
+                            lock(&self.st).tasks.insert(t.to_owned(), &s);
+                        }
                         let _ = p.done.send(v);
                     }
                     None => tracing::debug!(server = %self.name, "response for unknown id {id}"),
@@ -471,24 +543,32 @@ impl Mux {
         v["id"] = Value::String(agent_id);
         let delivered = {
             let mut st = lock(&self.st);
-            let target = st
-                .pending
-                .values()
-                .rev()
-                .find_map(|p| Some((p.session.clone()?, p.sink.clone()?)));
-            let mut delivered = false;
-            if let Some((session, sink)) = target {
-                st.s2c.insert(key.clone(), (child_id.clone(), session));
-                delivered = sink.send(&v);
-            }
-            if !delivered {
-                if let Some(s) = st.last_caller.as_ref().and_then(Weak::upgrade) {
+            let target = route_server_request(&st, &v);
+            let delivered = match &target {
+                Some(Route::Post(s, sink)) => {
                     st.s2c
-                        .insert(key.clone(), (child_id.clone(), Arc::downgrade(&s)));
-                    delivered = s.send_standalone(&v);
+                        .insert(key.clone(), (child_id.clone(), Arc::downgrade(s)));
+                    sink.send(&v)
                 }
-            }
-            if !delivered {
+                Some(Route::Get(s)) => {
+                    st.s2c
+                        .insert(key.clone(), (child_id.clone(), Arc::downgrade(s)));
+                    s.send_standalone_if_live(&v)
+                }
+                None => false,
+            };
+            if delivered {
+                let s = match &target {
+                    Some(Route::Post(s, _) | Route::Get(s)) => Some(s.clone()),
+                    None => None,
+                };
+                if let (Some(s), Some(eid)) = (
+                    s,
+                    v.pointer("/params/elicitationId").and_then(Value::as_str),
+                ) {
+                    st.elicitations.insert(eid.to_owned(), &s);
+                }
+            } else {
                 st.s2c.remove(&key);
             }
             delivered
@@ -511,7 +591,19 @@ impl Mux {
 
     fn server_notification(&self, method: &str, mut v: Value) {
         use mcp_wire::mcp::method as m;
-        let st = lock(&self.st);
+        let mut st = lock(&self.st);
+        if let Some(task) = related_task(&v) {
+            // A message of a task: only the session that created it.
+            match st.tasks.get(&task) {
+                Some(s) if is_attached(&st, &s) => {
+                    s.send_standalone(&v);
+                }
+                _ => {
+                    tracing::debug!(server = %self.name, task, method, "message of an unknown task dropped");
+                }
+            }
+            return;
+        }
         match method {
             m::PROGRESS => {
                 let tok = v
@@ -519,6 +611,7 @@ impl Mux {
                     .and_then(Value::as_str)
                     .unwrap_or("");
                 let Some(p) = st.tokens.get(tok).and_then(|n| st.pending.get(n)) else {
+                    tracing::debug!(server = %self.name, "progress for an unknown token dropped");
                     return;
                 };
                 if let (Some((_, orig)), Some(sink)) = (&p.token, &p.sink) {
@@ -544,17 +637,42 @@ impl Mux {
                     }
                 }
             }
-            m::MESSAGE => {
-                let sent = st
-                    .pending
-                    .values()
-                    .rev()
-                    .find_map(|p| p.sink.as_ref())
-                    .is_some_and(|s| s.send(&v));
-                if !sent {
-                    for s in st.sessions.values().filter_map(Weak::upgrade) {
+            ELICITATION_COMPLETE => {
+                let eid = v
+                    .pointer("/params/elicitationId")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_owned();
+                match st.elicitations.get(&eid) {
+                    Some(s) if is_attached(&st, &s) => {
                         s.send_standalone(&v);
                     }
+                    _ => {
+                        tracing::debug!(server = %self.name, elicitation = eid, "completion of an unknown elicitation dropped")
+                    }
+                }
+                st.elicitations.remove(&eid);
+            }
+            TASKS_STATUS => {
+                let task = v
+                    .pointer("/params/taskId")
+                    .and_then(Value::as_str)
+                    .unwrap_or("")
+                    .to_owned();
+                match st.tasks.get(&task) {
+                    Some(s) if is_attached(&st, &s) => {
+                        s.send_standalone(&v);
+                    }
+                    _ => {
+                        tracing::debug!(server = %self.name, task, "status of an unknown task dropped")
+                    }
+                }
+                let terminal = matches!(
+                    v.pointer("/params/status").and_then(Value::as_str),
+                    Some("completed" | "failed" | "cancelled")
+                );
+                if terminal {
+                    st.tasks.remove(&task);
                 }
             }
             m::RESOURCES_UPDATED => {
@@ -569,10 +687,74 @@ impl Mux {
                 }
             }
             _ => {
+                // Not tied to a request (logs, list_changed, ...): the GET streams of the
+                // sessions attached to this process, and nothing else.
                 for s in st.sessions.values().filter_map(Weak::upgrade) {
                     s.send_standalone(&v);
                 }
             }
         }
+    }
+}
+
+/// Where a server→client request goes.
+enum Route {
+    /// The stream of an in-flight request of this session.
+    Post(Arc<Session>, Sink),
+    /// This session's GET stream.
+    Get(Arc<Session>),
+}
+
+/// The task a message names in `_meta["io.modelcontextprotocol/related-task"].taskId`.
+fn related_task(v: &Value) -> Option<String> {
+    v.get("params")?
+        .get("_meta")?
+        .get(RELATED_TASK)?
+        .get("taskId")?
+        .as_str()
+        .map(str::to_owned)
+}
+
+fn is_attached(st: &State, s: &Session) -> bool {
+    st.sessions.contains_key(&s.id)
+}
+
+/// Picks the destination of a server→client request (see the module doc for the order).
+fn route_server_request(st: &State, v: &Value) -> Option<Route> {
+    if let Some(task) = related_task(v) {
+        return st
+            .tasks
+            .get(&task)
+            .filter(|s| is_attached(st, s))
+            .map(Route::Get);
+    }
+    // Requests in flight with a live stream, most recent first.
+    let mut inflight = st.pending.values().rev().filter_map(|p| {
+        let sink = p.sink.as_ref().filter(|k| !k.is_closed())?;
+        let s = p.session.as_ref()?.upgrade()?;
+        Some((s, sink))
+    });
+    if let Some((s, sink)) = inflight.next() {
+        if inflight.any(|(o, _)| o.id != s.id) {
+            tracing::debug!(
+                session = %s.id,
+                "server request while several sessions have calls in flight: sent to the most recent call"
+            );
+        }
+        return Some(Route::Post(s, sink.clone()));
+    }
+    let last = st
+        .last_caller
+        .as_ref()
+        .and_then(Weak::upgrade)
+        .filter(|s| is_attached(st, s));
+    if let Some(s) = last {
+        return Some(Route::Get(s));
+    }
+    // No caller yet: the only attached session, if there is exactly one.
+    let mut attached = st.sessions.values().filter_map(Weak::upgrade);
+    match (attached.next(), attached.next()) {
+        (Some(s), None) => Some(Route::Get(s)),
+        _ => None,
     }
 }

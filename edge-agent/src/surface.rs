@@ -3,7 +3,8 @@
 //!
 //! Routes:
 //! - `GET /meshgate/edge/announce` — what this edge offers (`{"edge", "servers": [...]}`);
-//! - `GET /meshgate/edge/status` — process/pool/session state (diagnostics, tests);
+//! - `GET /meshgate/edge/status` — process/pool/session state and stream counters (diagnostics,
+//!   tests);
 //! - `POST|GET|DELETE /mcp/<server>` — MCP Streamable HTTP, legacy session era.
 //!
 //! For `/mcp/<server>` the surface owns the agent sessions (`Mcp-Session-Id` minted here), parses
@@ -195,7 +196,14 @@ impl Surface {
             })
             .collect();
         let sessions = lock(&self.inner.sessions).len();
-        json!({"edge": self.inner.edge_id, "servers": servers, "sessions": sessions, "children": crate::supervisor::live_children()})
+        json!({
+            "edge": self.inner.edge_id,
+            "servers": servers,
+            "sessions": sessions,
+            "children": crate::supervisor::live_children(),
+            // SSE streams cut because their consumer fell behind (see `body`).
+            "streams": {"dropped_slow_consumer": body::slow_consumer_drops()},
+        })
     }
 
     fn session(&self, name: &str, req: &Request<Incoming>) -> Result<Arc<Session>, SessionError> {
@@ -247,9 +255,11 @@ impl Surface {
             Method::POST => self.post(name, backend, req).await,
             Method::GET => match self.session(name, &req) {
                 Ok(s) => {
-                    let (sink, body) = Sink::new();
-                    s.set_get_stream(sink);
-                    body::sse(body)
+                    let last = req
+                        .headers()
+                        .get("last-event-id")
+                        .and_then(|v| v.to_str().ok());
+                    body::sse(s.open_get_stream(last))
                 }
                 Err(e) => e.response(name),
             },
@@ -355,7 +365,7 @@ impl Surface {
                 if let Backend::Device = backend {
                     return body::json(StatusCode::OK, &crate::device::handle(&msg).await);
                 }
-                let (sink, sse) = Sink::new();
+                let (sink, sse) = Sink::new(format!("POST session={} server={name}", s.id));
                 spawn_request(backend, s, msg, id, sink);
                 body::sse(sse)
             }
@@ -393,7 +403,7 @@ impl Surface {
             Some(Err(e)) => return e.response(name),
             None => return SessionError::Missing.response(name),
         };
-        let (sink, sse) = Sink::new();
+        let (sink, sse) = Sink::new(format!("POST batch session={} server={name}", s.id));
         let mut answers = false;
         for item in items {
             match classify(&item) {

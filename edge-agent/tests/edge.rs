@@ -35,6 +35,32 @@ fn sdk_client_against_shared_everything_and_device() {
     println!("{stdout}\n{}", String::from_utf8_lossy(&out.stderr));
     assert!(out.status.success(), "SDK client checks failed:\n{stdout}");
     assert!(stdout.contains(" 0 failed"), "{stdout}");
+    // Exactly these checks passed (one that went missing or stopped running fails here).
+    let passed: Vec<&str> = stdout
+        .lines()
+        .filter_map(|l| l.strip_prefix("ok - "))
+        .collect();
+    assert_eq!(
+        passed,
+        [
+            "everything: session id minted by the agent (>= 128 bits hex)",
+            "everything: tools/list",
+            "everything: echo",
+            "everything: progress notifications reach the caller",
+            "everything: sampling request answered by this client",
+            "everything: two concurrent sessions get their own results",
+            "everything: DELETE ends the session",
+            "device: tools/list has annotated read-only tools with strict schemas",
+            "device: cpu",
+            "device: memory",
+            "device: disk with path",
+            "device: load",
+            "device: network_interfaces",
+            "device: temperatures (possibly empty)",
+            "device: bad argument is a tool error",
+        ],
+        "the passing checks changed:\n{stdout}"
+    );
 }
 
 #[test]
@@ -223,10 +249,8 @@ fn per_session_prewarmed_pool_serves_first_call() {
         pool.contains(&pid),
         "session served by pid {pid}, not from the prewarmed pool {pool:?}"
     );
-    assert!(
-        first_call < Duration::from_secs(2),
-        "first call took {first_call:?}: the prewarmed pool should make it fast"
-    );
+    // What makes the first call fast is asserted above (it was served by a process that was
+    // already running and initialized in the pool); how fast is a figure, printed, not asserted.
     // The pool refills in the background.
     agent.wait_for("pool refilled", Duration::from_secs(60), |a| {
         let p = a.server_status("files")["pool"]
@@ -326,9 +350,10 @@ fn client_cancellation_ends_the_request_stream() {
     );
     assert_eq!(r.status, 202);
     let (r, took) = long.join().unwrap();
+    // The stream ended at the cancellation, not when the 30 s operation would have finished.
     assert!(
-        took < Duration::from_secs(10),
-        "cancelled request stream lasted {took:?}"
+        took < Duration::from_secs(20),
+        "cancelled request stream lasted {took:?} (the operation runs 30 s)"
     );
     assert!(
         r.messages().iter().all(|m| m.get("result").is_none()),
@@ -380,9 +405,10 @@ fn killed_child_restarts_and_inflight_call_fails_naming_server() {
     assert_eq!(last["id"], "long");
     let msg = last["error"]["message"].as_str().unwrap_or_default();
     assert!(msg.contains("stdio server 'everything' exited"), "{last}");
+    // It failed when the child died, not when the 30 s operation would have finished.
     assert!(
-        took < Duration::from_secs(10),
-        "in-flight call took {took:?}"
+        took < Duration::from_secs(20),
+        "in-flight call took {took:?} (the operation runs 30 s)"
     );
     assert!(msgs
         .iter()
@@ -482,8 +508,9 @@ fn bad_command_gives_clear_error_not_hang() {
         if name != "quits" {
             assert!(msg.contains("cannot start"), "{name}: {v}");
         }
+        // Answered from the failed start, not after waiting out the 30 s start timeout.
         assert!(
-            t.elapsed() < Duration::from_secs(10),
+            t.elapsed() < edge_agent::stdio::INIT_TIMEOUT / 2,
             "{name} took {:?}",
             t.elapsed()
         );

@@ -10,7 +10,8 @@ use std::net::SocketAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
-use bytes::{Buf, BytesMut};
+use bytes::{Bytes, BytesMut};
+use h1::{BodyDecoder, BodyKind, BodyPiece, SseDecoder};
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -18,7 +19,6 @@ use tokio::net::TcpStream;
 
 use crate::mock::{LEGACY_VERSIONS, MODERN_VERSION};
 use crate::sys;
-use crate::wire::{self, ChunkedDecoder, Framing, ResponseHead, SseSplitter};
 
 /// Protocol era a client speaks.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, serde::Serialize, serde::Deserialize)]
@@ -166,7 +166,34 @@ pub struct Response {
     /// True for `application/json`.
     pub json: bool,
     /// Body with transfer framing removed.
-    pub body: BytesMut,
+    pub body: Bytes,
+}
+
+/// What the client needs from a response head (parsed by `h1::parse_response_head`).
+struct Head {
+    status: u16,
+    session: Option<String>,
+    sse: bool,
+    json: bool,
+    body: BodyKind,
+}
+
+impl From<h1::ResponseHead> for Head {
+    fn from(h: h1::ResponseHead) -> Self {
+        let ctype = h
+            .headers
+            .get("content-type")
+            .unwrap_or_default()
+            .trim_ascii_start();
+        let starts = |p: &[u8]| ctype.len() >= p.len() && ctype[..p.len()].eq_ignore_ascii_case(p);
+        Self {
+            status: h.status,
+            session: h.headers.get_str("mcp-session-id").map(str::to_owned),
+            sse: starts(b"text/event-stream"),
+            json: starts(b"application/json"),
+            body: h.body,
+        }
+    }
 }
 
 /// One HTTP/1.1 connection.
@@ -225,7 +252,7 @@ impl Conn {
         headers: &[(&str, &str)],
         body: &[u8],
         out: &mut Vec<u8>,
-    ) -> Result<ResponseHead, ClientError> {
+    ) -> Result<Head, ClientError> {
         out.clear();
         out.extend_from_slice(method.as_bytes());
         out.push(b' ');
@@ -248,13 +275,14 @@ impl Conn {
         out.extend_from_slice(body);
         self.stream.write_all(out).await?;
         loop {
-            match wire::parse_response(&self.buf) {
+            // The dataplane's codec (h1), driven over this tokio socket.
+            match h1::parse_response_head(&mut self.buf, false, false) {
+                Ok(Some(h)) if (100..200).contains(&h.status) => continue,
                 Ok(Some(h)) => {
-                    self.buf.advance(h.head_len);
                     if !h.keep_alive {
                         self.reusable = false;
                     }
-                    return Ok(h);
+                    return Ok(Head::from(h));
                 }
                 Ok(None) => {}
                 Err(e) => return Err(ClientError::Protocol(e.to_string())),
@@ -265,52 +293,48 @@ impl Conn {
         }
     }
 
-    /// Reads a whole body per `framing`.
-    async fn read_body(&mut self, framing: Framing) -> Result<BytesMut, ClientError> {
+    /// Reads a whole body framed as `kind` (a single-piece body is not copied).
+    async fn read_body(&mut self, kind: BodyKind) -> Result<Bytes, ClientError> {
         const LIMIT: usize = 64 * 1024 * 1024;
-        match framing {
-            Framing::Length(n) => {
-                if n > LIMIT {
-                    return Err(ClientError::Protocol(format!("body of {n} bytes")));
-                }
-                while self.buf.len() < n {
-                    if self.stream.read_buf(&mut self.buf).await? == 0 {
-                        return Err(ClientError::Closed);
-                    }
-                }
-                Ok(self.buf.split_to(n))
-            }
-            Framing::Chunked => {
-                let mut dec = ChunkedDecoder::new();
-                let mut body = BytesMut::new();
-                loop {
-                    let n = dec
-                        .feed(&self.buf, &mut body)
-                        .map_err(|e| ClientError::Protocol(e.to_string()))?;
-                    self.buf.advance(n);
-                    if dec.is_done() {
-                        return Ok(body);
-                    }
-                    if body.len() > LIMIT {
-                        return Err(ClientError::Protocol("body too large".into()));
-                    }
-                    if self.stream.read_buf(&mut self.buf).await? == 0 {
-                        return Err(ClientError::Closed);
-                    }
-                }
-            }
-            Framing::UntilClose => {
-                self.reusable = false;
-                loop {
-                    if self.buf.len() > LIMIT {
-                        return Err(ClientError::Protocol("body too large".into()));
-                    }
-                    if self.stream.read_buf(&mut self.buf).await? == 0 {
-                        return Ok(std::mem::take(&mut self.buf));
-                    }
-                }
+        if let BodyKind::Length(n) = kind {
+            if n > LIMIT as u64 {
+                return Err(ClientError::Protocol(format!("body of {n} bytes")));
             }
         }
+        if kind == BodyKind::UntilClose {
+            self.reusable = false;
+        }
+        let mut dec = BodyDecoder::new(kind);
+        let mut first: Option<Bytes> = None;
+        let mut joined = BytesMut::new();
+        loop {
+            match dec
+                .decode(&mut self.buf)
+                .map_err(|e| ClientError::Protocol(e.to_string()))?
+            {
+                BodyPiece::Data(d) => {
+                    if let Some(f) = first.take() {
+                        joined.extend_from_slice(&f);
+                    }
+                    if joined.is_empty() {
+                        first = Some(d);
+                    } else {
+                        joined.extend_from_slice(&d);
+                    }
+                    if joined.len() > LIMIT {
+                        return Err(ClientError::Protocol("body too large".into()));
+                    }
+                    continue;
+                }
+                BodyPiece::End => break,
+                BodyPiece::NeedMore => {}
+            }
+            if self.stream.read_buf(&mut self.buf).await? == 0 {
+                dec.eof().map_err(|_| ClientError::Closed)?;
+                break;
+            }
+        }
+        Ok(first.unwrap_or_else(|| joined.freeze()))
     }
 
     /// One complete request/response exchange.
@@ -326,7 +350,7 @@ impl Conn {
         out: &mut Vec<u8>,
     ) -> Result<Response, ClientError> {
         let h = self.send_head(method, target, headers, body, out).await?;
-        let body = self.read_body(h.framing).await?;
+        let body = self.read_body(h.body).await?;
         Ok(Response {
             status: h.status,
             session: h.session,
@@ -393,17 +417,15 @@ fn expect_result(resp: &Response, want: bool) -> Result<String, ClientError> {
     };
     if resp.sse {
         let mut found = None;
-        let mut split = SseSplitter::default();
-        split.feed(&resp.body, |ev| {
-            if found.is_none() {
-                found = check(ev);
+        let mut sse = SseDecoder::new();
+        // The closing blank line dispatches a last event the server left unterminated.
+        sse.push(&resp.body);
+        sse.push(b"\n\n");
+        while let Some(ev) = sse.next_event() {
+            if found.is_none() && ev.has_data {
+                found = check(ev.data.as_bytes());
             }
-        });
-        split.feed(b"\n\n", |ev| {
-            if found.is_none() {
-                found = check(ev);
-            }
-        });
+        }
         return found.unwrap_or_else(|| {
             Err(ClientError::Protocol(
                 "SSE response without a JSON-RPC response".into(),
@@ -731,13 +753,11 @@ impl McpClient {
                     "GET stream is not text/event-stream".into(),
                 ));
             }
-            let decoder = (h.framing == Framing::Chunked).then(ChunkedDecoder::new);
             Ok(EventStream {
                 conn,
-                decoder,
-                split: SseSplitter::default(),
+                body: BodyDecoder::new(h.body),
+                sse: SseDecoder::new(),
                 ready: std::collections::VecDeque::new(),
-                scratch: BytesMut::new(),
             })
         };
         tokio::time::timeout(self.timeout, fut)
@@ -748,13 +768,12 @@ impl McpClient {
 
 // === EventStream ===
 
-/// A held-open SSE stream yielding each event's data.
+/// A held-open SSE stream yielding each event's data (framing and SSE parsing by h1).
 pub struct EventStream {
     conn: Conn,
-    decoder: Option<ChunkedDecoder>,
-    split: SseSplitter,
+    body: BodyDecoder,
+    sse: SseDecoder,
     ready: std::collections::VecDeque<Vec<u8>>,
-    scratch: BytesMut,
 }
 
 impl EventStream {
@@ -768,30 +787,23 @@ impl EventStream {
                 return Ok(Some(e));
             }
             // Drain what is buffered first, then read more.
-            if !self.conn.buf.is_empty() {
-                self.scratch.clear();
-                let payload: &[u8] = match &mut self.decoder {
-                    Some(d) => {
-                        let n = d
-                            .feed(&self.conn.buf, &mut self.scratch)
-                            .map_err(|e| ClientError::Protocol(e.to_string()))?;
-                        self.conn.buf.advance(n);
-                        if d.is_done() {
-                            return Ok(None);
+            match self
+                .body
+                .decode(&mut self.conn.buf)
+                .map_err(|e| ClientError::Protocol(e.to_string()))?
+            {
+                BodyPiece::Data(d) => {
+                    self.sse.push(&d);
+                    while let Some(ev) = self.sse.next_event() {
+                        // Comments and id-only blocks carry no data: not an event here.
+                        if ev.has_data {
+                            self.ready.push_back(ev.data.into_bytes());
                         }
-                        &self.scratch
                     }
-                    None => {
-                        self.scratch.extend_from_slice(&self.conn.buf);
-                        self.conn.buf.clear();
-                        &self.scratch
-                    }
-                };
-                let ready = &mut self.ready;
-                self.split.feed(payload, |ev| ready.push_back(ev.to_vec()));
-                if !self.ready.is_empty() {
                     continue;
                 }
+                BodyPiece::End => return Ok(None),
+                BodyPiece::NeedMore => {}
             }
             if self.conn.stream.read_buf(&mut self.conn.buf).await? == 0 {
                 return Ok(None);

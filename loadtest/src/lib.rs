@@ -4,7 +4,8 @@
 //! Parts:
 //! - [`mock`]: the mock MCP Streamable HTTP server (both eras), startable in-process.
 //! - [`client`]: a lean HTTP/1.1 MCP client (one session per connection).
-//! - [`wire`]: HTTP/1.1 framing shared by both (heads, chunked, SSE).
+//! - [`wire`]: the mock's response writing; all HTTP/1.1 and SSE parsing is the dataplane's
+//!   `h1` codec.
 //! - [`sys`]: high-resolution timer, open-file limit, socket tuning.
 //! - [`driver`]: scenarios, open/closed loop, `--compare` interleaving.
 //! - [`stats`]: HDR histograms and summaries; [`report`]: table, JSON, SVG.

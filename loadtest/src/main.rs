@@ -6,7 +6,7 @@ use std::time::Duration;
 use clap::{Args, Parser, Subcommand};
 use loadtest::client::Era;
 use loadtest::driver::{self, RunConfig, Scenario};
-use loadtest::mock::{parse_duration, Engine, MockConfig, MockServer, ServiceTime};
+use loadtest::mock::{Engine, MockConfig, MockServer, ServiceTime};
 use loadtest::{report, scenario, suite, sys};
 
 #[derive(Parser)]
@@ -30,8 +30,9 @@ enum Cmd {
     Suite(SuiteArgs),
 }
 
-fn dur(s: &str) -> Result<Duration, String> {
-    parse_duration(s)
+/// Every duration flag takes the workspace grammar (`250ms`, `1.5s`, `10s`, `5m`, bare seconds).
+fn dur(s: &str) -> Result<Duration, meshgate_duration::DurationError> {
+    meshgate_duration::parse(s)
 }
 
 #[derive(Args)]
@@ -183,7 +184,7 @@ fn build_run(a: &RunArgs) -> anyhow::Result<RunConfig> {
     };
     let parse_d = |s: &Option<String>| -> anyhow::Result<Option<Duration>> {
         s.as_deref()
-            .map(parse_duration)
+            .map(meshgate_duration::parse)
             .transpose()
             .map_err(anyhow::Error::msg)
     };

@@ -23,7 +23,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
-use bytes::{Buf, BytesMut};
+use bytes::BytesMut;
 use serde::Deserialize;
 use serde_json::value::RawValue;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
@@ -31,7 +31,7 @@ use tokio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
 use crate::sys::{self, HiResTimer};
-use crate::wire::{self, BodyKind, ChunkedDecoder, Framing, Method};
+use crate::wire::{self, BodyKind};
 
 /// The modern protocol revision served statelessly.
 pub const MODERN_VERSION: &str = "2026-07-28";
@@ -108,7 +108,8 @@ impl ServiceTime {
     }
 }
 
-/// Parses `0`, `2ms`, `uniform:1ms..5ms`, `exp:2ms`.
+/// Parses `0`, `2ms`, `uniform:1ms..5ms`, `exp:2ms` (durations in the workspace grammar of
+/// `meshgate-duration`).
 impl FromStr for ServiceTime {
     type Err = String;
     fn from_str(s: &str) -> Result<Self, String> {
@@ -137,34 +138,9 @@ impl FromStr for ServiceTime {
     }
 }
 
-/// Parses a human duration: `0`, `250us`, `2ms`, `1.5s`, `2m`.
-///
-/// # Errors
-/// A message naming the bad input.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    if s == "0" {
-        return Ok(Duration::ZERO);
-    }
-    let split = s
-        .find(|c: char| !(c.is_ascii_digit() || c == '.'))
-        .ok_or_else(|| format!("duration {s:?} needs a unit (us, ms, s, m)"))?;
-    let (num, unit) = s.split_at(split);
-    let v: f64 = num
-        .parse()
-        .map_err(|_| format!("bad number in duration {s:?}"))?;
-    let secs = match unit {
-        "ns" => v / 1e9,
-        "us" | "µs" => v / 1e6,
-        "ms" => v / 1e3,
-        "s" => v,
-        "m" => v * 60.0,
-        _ => return Err(format!("unknown unit {unit:?} in duration {s:?}")),
-    };
-    if !secs.is_finite() || secs < 0.0 {
-        return Err(format!("bad duration {s:?}"));
-    }
-    Ok(Duration::from_secs_f64(secs))
+/// A duration in the workspace grammar, with the error as text (the `FromStr` error type).
+fn parse_duration(s: &str) -> Result<Duration, String> {
+    meshgate_duration::parse(s).map_err(|e| e.to_string())
 }
 
 fn splitmix(x: &mut u64) -> u64 {
@@ -267,6 +243,8 @@ pub struct MockStats {
     pub requests: AtomicU64,
     /// `tools/call` requests answered successfully.
     pub calls: AtomicU64,
+    /// `tools/list` requests answered (each page counts).
+    pub lists: AtomicU64,
     /// Sessions created by `initialize`.
     pub sessions_created: AtomicU64,
     /// Sessions ended by DELETE.
@@ -658,33 +636,21 @@ enum Next {
 async fn serve_conn(state: Arc<State>, mut sock: TcpStream) {
     let mut buf = BytesMut::with_capacity(8 * 1024);
     let mut out: Vec<u8> = Vec::with_capacity(8 * 1024);
-    let mut body_scratch = BytesMut::new();
     let mut rng = state.nonce ^ (&buf as *const BytesMut as u64);
+    // The dataplane's codec (h1) reads the requests; this engine only moves the bytes.
+    let mut parser = h1::RequestParser::new(limits());
     loop {
         // Read until a complete request (head + body) is buffered.
-        let (method, path_ok, framing, keep_alive, session, proto, head_len) = loop {
-            match wire::parse_request(&buf) {
-                Ok(Some(h)) => {
-                    break (
-                        h.method,
-                        h.path.split('?').next() == Some(state.cfg.path.as_str()),
-                        h.framing,
-                        h.keep_alive,
-                        h.session.map(<[u8]>::to_vec),
-                        h.protocol_version.map(<[u8]>::to_vec),
-                        h.head_len,
-                    );
-                }
+        let req = loop {
+            match parser.parse(&mut buf) {
+                Ok(Some(r)) => break r,
                 Ok(None) => {}
                 Err(e) => {
-                    out.clear();
-                    let status = if matches!(e, wire::WireError::HeadTooLarge) {
-                        431
-                    } else {
-                        400
-                    };
-                    wire::write_head(&mut out, status, BodyKind::Empty, None, false);
-                    let _ = sock.write_all(&out).await;
+                    if let Some(status) = e.status() {
+                        out.clear();
+                        wire::write_head(&mut out, status, BodyKind::Empty, None, false);
+                        let _ = sock.write_all(&out).await;
+                    }
                     return;
                 }
             }
@@ -693,72 +659,52 @@ async fn serve_conn(state: Arc<State>, mut sock: TcpStream) {
                 Ok(_) => {}
             }
         };
-        // Body.
-        let body_len;
-        let consumed;
-        body_scratch.clear();
-        match framing {
-            Framing::Length(n) => {
-                if n > MAX_BODY {
-                    out.clear();
-                    wire::write_head(&mut out, 413, BodyKind::Empty, None, false);
-                    let _ = sock.write_all(&out).await;
-                    return;
-                }
-                while buf.len() < head_len + n {
-                    match sock.read_buf(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(_) => {}
-                    }
-                }
-                body_len = n;
-                consumed = head_len + n;
-            }
-            Framing::Chunked => {
-                let mut dec = ChunkedDecoder::new();
-                let mut pos = head_len;
-                loop {
-                    match dec.feed(&buf[pos..], &mut body_scratch) {
-                        Ok(n) => pos += n,
-                        Err(_) => return,
-                    }
-                    if dec.is_done() {
-                        break;
-                    }
-                    if body_scratch.len() > MAX_BODY {
-                        return;
-                    }
-                    match sock.read_buf(&mut buf).await {
-                        Ok(0) | Err(_) => return,
-                        Ok(_) => {}
-                    }
-                }
-                body_len = body_scratch.len();
-                consumed = pos;
-            }
-            Framing::UntilClose => return,
-        }
         state.stats.requests.fetch_add(1, Ordering::Relaxed);
         out.clear();
-        let next = {
-            let body: &[u8] = if framing == Framing::Chunked {
-                &body_scratch[..body_len]
-            } else {
-                &buf[head_len..head_len + body_len]
-            };
-            let req = Req {
-                method,
-                path_ok,
-                keep_alive,
-                session: session.as_deref(),
-                proto: proto.as_deref(),
-                body,
-            };
-            handle(&state, req, &mut sock, &mut out, &mut rng).await
+        let head = &req.head;
+        let r = Req {
+            method: Method::from(head.method),
+            path_ok: head.path() == state.cfg.path.as_bytes(),
+            keep_alive: head.keep_alive,
+            session: head.headers.get("mcp-session-id"),
+            proto: head.headers.get("mcp-protocol-version"),
+            body: &req.body,
         };
-        buf.advance(consumed);
+        let next = handle(&state, r, &mut sock, &mut out, &mut rng).await;
         if matches!(next, Next::Close) {
             return;
+        }
+    }
+}
+
+/// Request limits of both engines (the h1 codec's, with the mock's sizes).
+pub(crate) fn limits() -> h1::Limits {
+    h1::Limits {
+        max_head_bytes: wire::MAX_HEAD,
+        max_headers: wire::MAX_HEADERS,
+        max_body_bytes: MAX_BODY,
+        // No idle limit: an hour is "never" for a load test.
+        idle_timeout: Duration::from_secs(3600),
+        ..h1::Limits::default()
+    }
+}
+
+/// Request method, as far as MCP cares.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Method {
+    Get,
+    Post,
+    Delete,
+    Other,
+}
+
+impl From<h1::Method> for Method {
+    fn from(m: h1::Method) -> Self {
+        match m {
+            h1::Method::Get => Method::Get,
+            h1::Method::Post => Method::Post,
+            h1::Method::Delete => Method::Delete,
+            _ => Method::Other,
         }
     }
 }
@@ -1034,6 +980,7 @@ async fn handle(
 }
 
 fn page<'s>(state: &'s State, cursor: Option<&str>, modern: bool) -> Option<&'s [u8]> {
+    state.stats.lists.fetch_add(1, Ordering::Relaxed);
     let pages = if modern {
         &state.pre.list_modern
     } else {

@@ -78,7 +78,7 @@ pub fn parse(text: &str) -> Result<ScenarioFile, String> {
         e.parse::<crate::client::Era>()?;
     }
     for d in [&f.duration, &f.warmup, &f.timeout].into_iter().flatten() {
-        crate::mock::parse_duration(d)?;
+        meshgate_duration::parse(d).map_err(|e| e.to_string())?;
     }
     Ok(f)
 }

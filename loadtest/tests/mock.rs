@@ -102,10 +102,8 @@ async fn sse_call_with_progress_and_service_time() {
     let t0 = Instant::now();
     c.call_tool("tool_1", true).await.unwrap();
     let el = t0.elapsed();
-    assert!(
-        el >= Duration::from_millis(20) && el < Duration::from_millis(500),
-        "{el:?}"
-    );
+    // The service time is applied (a hard lower bound; load only adds to it).
+    assert!(el >= Duration::from_millis(20), "{el:?}");
     // Raw look at the stream: three progress notifications before the result.
     let t = Arc::new(Target::resolve(&mock.url()).await.unwrap());
     let mut conn = Conn::connect(t.addr, ConnectOpts::default()).await.unwrap();
@@ -180,6 +178,11 @@ fn service_time_parsing() {
         "exp:500us".parse::<ServiceTime>().unwrap(),
         ServiceTime::Exponential { .. }
     ));
-    assert!("2".parse::<ServiceTime>().is_err());
+    // The workspace grammar (meshgate-duration): a bare number is seconds.
+    assert_eq!(
+        "2".parse::<ServiceTime>().unwrap(),
+        ServiceTime::Fixed(Duration::from_secs(2))
+    );
+    assert!("2 parsecs".parse::<ServiceTime>().is_err());
     assert!("uniform:3ms..1ms".parse::<ServiceTime>().is_err());
 }

@@ -13,7 +13,7 @@ const MAX_SIZE_LINE: usize = 4096;
 
 /// What one decoding step produced.
 #[derive(Debug, PartialEq, Eq)]
-pub(crate) enum Chunk {
+pub enum Chunk {
     /// Some body data (never empty).
     Data(Bytes),
     /// The buffer holds no complete unit; read more bytes and call again.
@@ -33,7 +33,7 @@ enum State {
 
 /// Incremental chunked-body decoder.
 #[derive(Debug)]
-pub(crate) struct ChunkedDecoder {
+pub struct ChunkedDecoder {
     state: State,
     trailer_bytes: usize,
     max_trailer_bytes: usize,
@@ -42,7 +42,7 @@ pub(crate) struct ChunkedDecoder {
 impl ChunkedDecoder {
     /// A decoder expecting a chunk-size line; the trailer section may take at most
     /// `max_trailer_bytes`.
-    pub(crate) fn new(max_trailer_bytes: usize) -> Self {
+    pub fn new(max_trailer_bytes: usize) -> Self {
         Self {
             state: State::Size,
             trailer_bytes: 0,
@@ -54,7 +54,7 @@ impl ChunkedDecoder {
     ///
     /// # Errors
     /// A static description of the framing error; the body cannot be recovered.
-    pub(crate) fn decode(&mut self, buf: &mut BytesMut) -> Result<Chunk, &'static str> {
+    pub fn decode(&mut self, buf: &mut BytesMut) -> Result<Chunk, &'static str> {
         loop {
             match self.state {
                 State::Size => {

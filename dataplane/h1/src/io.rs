@@ -47,7 +47,7 @@ pub(crate) async fn write_buf<S: AsyncWriteRent>(
 
 /// Joins the pieces of a body up to a size cap; a body that arrives in one piece is returned
 /// without a copy.
-#[derive(Default)]
+#[derive(Debug, Default)]
 pub(crate) struct BodyJoin {
     first: Option<Bytes>,
     joined: BytesMut,
@@ -75,5 +75,42 @@ impl BodyJoin {
     /// The whole body.
     pub(crate) fn finish(self) -> Bytes {
         self.first.unwrap_or_else(|| self.joined.freeze())
+    }
+}
+
+/// What a non-blocking peek at a socket sees.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub(crate) enum PeerState {
+    /// Nothing to read: the peer is there and silent.
+    Quiet,
+    /// Bytes are waiting (not consumed).
+    Readable,
+    /// The peer closed (or reset) the connection.
+    Closed,
+}
+
+/// Peeks at `s` without consuming or blocking (`recv` with `MSG_PEEK | MSG_DONTWAIT`).
+pub(crate) fn peek_state<S: std::os::fd::AsRawFd>(s: &S) -> PeerState {
+    let fd = s.as_raw_fd();
+    let mut byte = [0u8; 1];
+    // SAFETY: `fd` belongs to `s`, which is borrowed (so open) for the whole call; `byte` is a
+    // valid, writable 1-byte buffer; MSG_PEEK | MSG_DONTWAIT neither consumes data nor blocks,
+    // whatever mode the socket is in.
+    #[allow(unsafe_code)]
+    let n = unsafe {
+        libc::recv(
+            fd,
+            byte.as_mut_ptr().cast(),
+            1,
+            libc::MSG_PEEK | libc::MSG_DONTWAIT,
+        )
+    };
+    match n {
+        0 => PeerState::Closed,
+        n if n > 0 => PeerState::Readable,
+        _ if std::io::Error::last_os_error().kind() == std::io::ErrorKind::WouldBlock => {
+            PeerState::Quiet
+        }
+        _ => PeerState::Closed,
     }
 }

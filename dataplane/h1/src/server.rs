@@ -223,6 +223,15 @@ impl<S: AsyncReadRent + AsyncWriteRent> ServerConn<S> {
         &self.io
     }
 
+    /// Whether the client has closed the connection (a non-blocking peek; nothing is consumed).
+    /// A streaming response uses it to notice a client that went away without writing to it.
+    pub fn client_closed(&self) -> bool
+    where
+        S: std::os::fd::AsRawFd,
+    {
+        crate::io::peek_state(&self.io) == crate::io::PeerState::Closed
+    }
+
     /// Next request on this connection.
     ///
     /// `Ok(None)`: the peer closed cleanly between requests, or `idle_timeout` elapsed
@@ -276,89 +285,17 @@ impl<S: AsyncReadRent + AsyncWriteRent> ServerConn<S> {
 
     /// Parse the buffered head if it is complete, recording offsets into `self.spans`.
     fn try_parse_head(&mut self) -> Result<Option<ParsedHead>, ServerError> {
-        let max_head = self.limits.max_head_bytes;
-        let buf = &self.rbuf[..];
-        if !head_end_seen(buf, self.scan_from) {
-            // The terminator may straddle this read and the next one.
-            self.scan_from = buf.len().saturating_sub(2);
-            if buf.len() > max_head {
-                return Err(ServerError::HeadTooLarge);
-            }
-            return Ok(None);
-        }
-        let mut stack = [httparse::EMPTY_HEADER; STACK_HEADER_SLOTS];
-        let mut heap;
-        let slots: &mut [httparse::Header<'_>] = if self.limits.max_headers <= STACK_HEADER_SLOTS {
-            &mut stack[..self.limits.max_headers]
-        } else {
-            heap = vec![httparse::EMPTY_HEADER; self.limits.max_headers];
-            &mut heap
-        };
-        let mut req = httparse::Request::new(slots);
-        let len = match req.parse(buf) {
-            Ok(httparse::Status::Complete(n)) => n,
-            Ok(httparse::Status::Partial) => {
-                self.scan_from = buf.len().saturating_sub(2);
-                if buf.len() > max_head {
-                    return Err(ServerError::HeadTooLarge);
-                }
-                return Ok(None);
-            }
-            Err(httparse::Error::TooManyHeaders) => return Err(ServerError::TooManyHeaders),
-            Err(e) => return Err(ServerError::Malformed(parse_error_text(e))),
-        };
-        if len > max_head {
-            return Err(ServerError::HeadTooLarge);
-        }
-        let base = buf.as_ptr() as usize;
-        let span = |s: &[u8]| {
-            let start = s.as_ptr() as usize - base;
-            (start, start + s.len())
-        };
-        let (Some(method), Some(path), Some(version)) = (req.method, req.path, req.version) else {
-            return Err(ServerError::Malformed("incomplete request line"));
-        };
-        let parsed = ParsedHead {
-            len,
-            method: span(method.as_bytes()),
-            target: span(path.as_bytes()),
-            minor_version: version,
-        };
-        self.spans.clear();
-        for h in req.headers.iter() {
-            self.spans.push(Span {
-                name: span(h.name.as_bytes()),
-                value: span(h.value),
-            });
-        }
-        Ok(Some(parsed))
+        try_parse_head(
+            &self.rbuf,
+            &self.limits,
+            &mut self.scan_from,
+            &mut self.spans,
+        )
     }
 
     /// Split the parsed head off the read buffer and slice its parts.
     fn split_head(&mut self, p: ParsedHead) -> RequestHead {
-        let head = self.rbuf.split_to(p.len).freeze();
-        let mut headers = Headers::with_capacity(self.spans.len());
-        for s in &self.spans {
-            headers.push_raw(
-                head.slice(s.name.0..s.name.1),
-                head.slice(s.value.0..s.value.1),
-            );
-        }
-        let method_raw = head.slice(p.method.0..p.method.1);
-        let keep_alive = if p.minor_version >= 1 {
-            !headers.has_token("connection", "close")
-        } else {
-            headers.has_token("connection", "keep-alive")
-                && !headers.has_token("connection", "close")
-        };
-        RequestHead {
-            method: Method::from_bytes(&method_raw),
-            method_raw,
-            target: head.slice(p.target.0..p.target.1),
-            minor_version: p.minor_version,
-            headers,
-            keep_alive,
-        }
+        split_head(&mut self.rbuf, p, &self.spans)
     }
 
     async fn read_body(&mut self, head: &RequestHead) -> Result<Bytes, ServerError> {
@@ -546,6 +483,195 @@ impl<S: AsyncReadRent + AsyncWriteRent> ServerConn<S> {
     }
 }
 
+/// Parse the head at the start of `buf` if it is complete, recording header offsets into
+/// `spans`; `scan_from` remembers where to look for the end of the head next time.
+fn try_parse_head(
+    buf: &[u8],
+    limits: &Limits,
+    scan_from: &mut usize,
+    spans: &mut Vec<Span>,
+) -> Result<Option<ParsedHead>, ServerError> {
+    let max_head = limits.max_head_bytes;
+    if !head_end_seen(buf, *scan_from) {
+        // The terminator may straddle this read and the next one.
+        *scan_from = buf.len().saturating_sub(2);
+        if buf.len() > max_head {
+            return Err(ServerError::HeadTooLarge);
+        }
+        return Ok(None);
+    }
+    let mut stack = [httparse::EMPTY_HEADER; STACK_HEADER_SLOTS];
+    let mut heap;
+    let slots: &mut [httparse::Header<'_>] = if limits.max_headers <= STACK_HEADER_SLOTS {
+        &mut stack[..limits.max_headers]
+    } else {
+        heap = vec![httparse::EMPTY_HEADER; limits.max_headers];
+        &mut heap
+    };
+    let mut req = httparse::Request::new(slots);
+    let len = match req.parse(buf) {
+        Ok(httparse::Status::Complete(n)) => n,
+        Ok(httparse::Status::Partial) => {
+            *scan_from = buf.len().saturating_sub(2);
+            if buf.len() > max_head {
+                return Err(ServerError::HeadTooLarge);
+            }
+            return Ok(None);
+        }
+        Err(httparse::Error::TooManyHeaders) => return Err(ServerError::TooManyHeaders),
+        Err(e) => return Err(ServerError::Malformed(parse_error_text(e))),
+    };
+    if len > max_head {
+        return Err(ServerError::HeadTooLarge);
+    }
+    let base = buf.as_ptr() as usize;
+    let span = |s: &[u8]| {
+        let start = s.as_ptr() as usize - base;
+        (start, start + s.len())
+    };
+    let (Some(method), Some(path), Some(version)) = (req.method, req.path, req.version) else {
+        return Err(ServerError::Malformed("incomplete request line"));
+    };
+    let parsed = ParsedHead {
+        len,
+        method: span(method.as_bytes()),
+        target: span(path.as_bytes()),
+        minor_version: version,
+    };
+    spans.clear();
+    for h in req.headers.iter() {
+        spans.push(Span {
+            name: span(h.name.as_bytes()),
+            value: span(h.value),
+        });
+    }
+    Ok(Some(parsed))
+}
+
+/// Split the parsed head off `rbuf` and slice its parts.
+fn split_head(rbuf: &mut BytesMut, p: ParsedHead, spans: &[Span]) -> RequestHead {
+    let head = rbuf.split_to(p.len).freeze();
+    let mut headers = Headers::with_capacity(spans.len());
+    for s in spans {
+        headers.push_raw(
+            head.slice(s.name.0..s.name.1),
+            head.slice(s.value.0..s.value.1),
+        );
+    }
+    let method_raw = head.slice(p.method.0..p.method.1);
+    let keep_alive = if p.minor_version >= 1 {
+        !headers.has_token("connection", "close")
+    } else {
+        headers.has_token("connection", "keep-alive") && !headers.has_token("connection", "close")
+    };
+    RequestHead {
+        method: Method::from_bytes(&method_raw),
+        method_raw,
+        target: head.slice(p.target.0..p.target.1),
+        minor_version: p.minor_version,
+        headers,
+        keep_alive,
+    }
+}
+
+// === impl RequestParser ===
+
+/// Sans-IO request reader: the same head parsing, framing rules and limits as [`ServerConn`],
+/// for a caller that does its own IO (e.g. the loadtest mock's tokio engine).
+///
+/// Append what the socket delivers to one `BytesMut` and call [`RequestParser::parse`] after
+/// each read; it consumes a complete request (head and de-chunked body) from the front of the
+/// buffer and leaves any pipelined bytes behind. It neither reads a clock nor writes: the
+/// caller enforces timeouts, and a request with `Expect: 100-continue` gets no interim
+/// `100 Continue` (write one yourself if clients wait for it).
+#[derive(Debug)]
+pub struct RequestParser {
+    limits: Limits,
+    spans: Vec<Span>,
+    scan_from: usize,
+    /// A head whose body is still arriving.
+    pending: Option<(RequestHead, PendingBody)>,
+}
+
+#[derive(Debug)]
+enum PendingBody {
+    Length(usize),
+    Chunked(ChunkedDecoder, BodyJoin),
+}
+
+impl RequestParser {
+    /// A parser enforcing `limits` (its timeouts are not used: there is no clock here).
+    pub fn new(limits: Limits) -> Self {
+        Self {
+            limits,
+            spans: Vec::new(),
+            scan_from: 0,
+            pending: None,
+        }
+    }
+
+    /// Consume the next complete request from the front of `buf`; `Ok(None)` means read
+    /// more bytes and call again.
+    ///
+    /// # Errors
+    /// Any [`ServerError`] except `Io` and `Timeout`; the caller writes the reply that
+    /// [`ServerError::status`] names and closes the connection.
+    pub fn parse(&mut self, buf: &mut BytesMut) -> Result<Option<Request>, ServerError> {
+        if self.pending.is_none() {
+            let Some(parsed) =
+                try_parse_head(buf, &self.limits, &mut self.scan_from, &mut self.spans)?
+            else {
+                return Ok(None);
+            };
+            self.scan_from = 0;
+            let head = split_head(buf, parsed, &self.spans);
+            if let Some(expect) = head.headers.get("expect") {
+                if !crate::headers::trim_ascii(expect).eq_ignore_ascii_case(b"100-continue") {
+                    return Err(ServerError::ExpectationFailed);
+                }
+            }
+            let body = match request_framing(&head.headers)? {
+                Framing::Length(n) if n > self.limits.max_body_bytes as u64 => {
+                    return Err(ServerError::BodyTooLarge)
+                }
+                Framing::Length(n) => {
+                    PendingBody::Length(usize::try_from(n).map_err(|_| ServerError::BodyTooLarge)?)
+                }
+                Framing::Chunked => PendingBody::Chunked(
+                    ChunkedDecoder::new(self.limits.max_head_bytes),
+                    BodyJoin::default(),
+                ),
+            };
+            self.pending = Some((head, body));
+        }
+        let Some((_, body)) = self.pending.as_mut() else {
+            return Ok(None);
+        };
+        let body = match body {
+            PendingBody::Length(n) => {
+                if buf.len() < *n {
+                    return Ok(None);
+                }
+                buf.split_to(*n).freeze()
+            }
+            PendingBody::Chunked(dec, join) => loop {
+                match dec.decode(buf).map_err(ServerError::Malformed)? {
+                    Chunk::Data(d) => join
+                        .push(d, self.limits.max_body_bytes)
+                        .map_err(|()| ServerError::BodyTooLarge)?,
+                    Chunk::NeedMore => return Ok(None),
+                    Chunk::Done => break std::mem::take(join).finish(),
+                }
+            },
+        };
+        let (head, _) = self
+            .pending
+            .take()
+            .expect("a pending head was checked above");
+        Ok(Some(Request { head, body }))
+    }
+}
+
 /// How a request body is delimited.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 enum Framing {
@@ -692,6 +818,74 @@ mod tests {
         assert_eq!(
             ServerError::Io(std::io::ErrorKind::Other.into()).status(),
             None
+        );
+    }
+
+    #[test]
+    fn request_parser_split_anywhere_and_pipelined() {
+        let wire: &[u8] = b"POST /mcp HTTP/1.1\r\nHost: x\r\nContent-Length: 5\r\nMcp-Session-Id: abc\r\n\r\nhello\
+POST /mcp HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n3\r\nabc\r\n2\r\nde\r\n0\r\n\r\n\
+GET /mcp HTTP/1.0\r\n\r\n";
+        for split in 0..wire.len() {
+            let mut p = RequestParser::new(Limits::default());
+            let mut buf = BytesMut::new();
+            let mut got = Vec::new();
+            for part in [&wire[..split], &wire[split..]] {
+                buf.extend_from_slice(part);
+                while let Some(r) = p.parse(&mut buf).expect("valid requests") {
+                    got.push(r);
+                }
+            }
+            assert_eq!(got.len(), 3, "split at {split}");
+            assert_eq!(got[0].head.method, Method::Post);
+            assert_eq!(got[0].head.path(), b"/mcp");
+            assert_eq!(got[0].head.headers.get("mcp-session-id"), Some(&b"abc"[..]));
+            assert_eq!(&got[0].body[..], b"hello");
+            assert_eq!(&got[1].body[..], b"abcde");
+            assert_eq!(got[2].head.method, Method::Get);
+            assert!(!got[2].head.keep_alive);
+            assert!(buf.is_empty());
+        }
+    }
+
+    #[test]
+    fn request_parser_limits_and_errors() {
+        let small = Limits {
+            max_head_bytes: 64,
+            max_body_bytes: 4,
+            ..Limits::default()
+        };
+        type Want = fn(&ServerError) -> bool;
+        let table: &[(&[u8], Want)] = &[
+            (b"POST / HTTP/1.1\r\nContent-Length: 5\r\n\r\nhello", |e| {
+                matches!(e, ServerError::BodyTooLarge)
+            }),
+            (
+                b"POST / HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n5\r\nhello\r\n0\r\n\r\n",
+                |e| matches!(e, ServerError::BodyTooLarge),
+            ),
+            (&[b'a'; 100], |e| matches!(e, ServerError::HeadTooLarge)),
+            (b"\x16\x03\x01\r\n\r\n", |e| {
+                matches!(e, ServerError::Malformed(_))
+            }),
+            (b"POST / HTTP/1.1\r\nExpect: teapot\r\n\r\n", |e| {
+                matches!(e, ServerError::ExpectationFailed)
+            }),
+        ];
+        for (input, want) in table {
+            let mut p = RequestParser::new(small);
+            let mut buf = BytesMut::from(*input);
+            let e = p.parse(&mut buf).expect_err("must be refused");
+            assert!(want(&e), "{:?}: {e:?}", String::from_utf8_lossy(input));
+        }
+        // Incomplete input is not an error.
+        let mut p = RequestParser::new(small);
+        let mut buf = BytesMut::from(&b"POST / HTTP/1.1\r\nContent-Length: 3\r\n\r\nab"[..]);
+        assert!(p.parse(&mut buf).expect("incomplete is fine").is_none());
+        buf.extend_from_slice(b"c");
+        assert_eq!(
+            &p.parse(&mut buf).expect("ok").expect("complete").body[..],
+            b"abc"
         );
     }
 }

@@ -6,4 +6,7 @@ pub mod raw;
 pub mod snapshot;
 
 pub use raw::{ClusterConfig, EdgeConfig, HubConfig, StoreConfig, UpstreamConfig};
-pub use snapshot::{ConfigError, Driver, EdgeSettings, Replica, Snapshot, Upstream, UpstreamName};
+pub use snapshot::{
+    ConfigError, Driver, EdgeSettings, EraCell, Replica, ResolvedAddr, Snapshot, Upstream,
+    UpstreamName,
+};

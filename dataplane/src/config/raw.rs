@@ -1,5 +1,6 @@
 //! The config file as written: serde structs with `deny_unknown_fields`, explicit defaults and
-//! human-readable durations (`250ms`, `10s`, `5m`, `1h`).
+//! human-readable durations in the workspace grammar of `meshgate-duration` (`250ms`, `1.5s`,
+//! `10s`, `5m`, `1h`, or a bare number of seconds).
 //!
 //! Example (`hub.yaml`):
 //! ```yaml
@@ -16,7 +17,7 @@
 
 use std::time::Duration;
 
-use serde::{Deserialize, Deserializer};
+use serde::Deserialize;
 
 /// Top-level hub configuration file.
 #[derive(Debug, Clone, Deserialize)]
@@ -55,8 +56,24 @@ pub struct HubConfig {
     #[serde(default)]
     pub session: SessionConfig,
     /// Interval of keep-alive comments on idle SSE streams.
-    #[serde(default = "default_keepalive", deserialize_with = "duration")]
+    #[serde(
+        default = "default_keepalive",
+        deserialize_with = "meshgate_duration::deserialize"
+    )]
     pub sse_keepalive: Duration,
+    /// Longest an upstream's cached list is served before it is fetched again (a `list_changed`
+    /// from the upstream refreshes it at once).
+    #[serde(
+        default = "default_catalog_ttl",
+        deserialize_with = "meshgate_duration::deserialize"
+    )]
+    pub catalog_ttl: Duration,
+    /// How often upstream host names are resolved again (also at once after a failed connect).
+    #[serde(
+        default = "default_dns_refresh",
+        deserialize_with = "meshgate_duration::deserialize"
+    )]
+    pub dns_refresh: Duration,
     /// The MCP servers this hub federates.
     #[serde(default)]
     pub upstreams: Vec<UpstreamConfig>,
@@ -93,10 +110,16 @@ pub struct ClusterConfig {
     #[serde(default)]
     pub dns: Option<String>,
     /// DNS refresh interval.
-    #[serde(default = "default_refresh", deserialize_with = "duration")]
+    #[serde(
+        default = "default_refresh",
+        deserialize_with = "meshgate_duration::deserialize"
+    )]
     pub refresh: Duration,
     /// Connect/answer timeout of the internal hop to a session's owner.
-    #[serde(default = "default_forward_timeout", deserialize_with = "duration")]
+    #[serde(
+        default = "default_forward_timeout",
+        deserialize_with = "meshgate_duration::deserialize"
+    )]
     pub forward_timeout: Duration,
 }
 
@@ -127,7 +150,7 @@ pub struct StoreConfig {
     #[serde(default)]
     pub keys_env: Option<String>,
     /// Idle TTL of a stored session; default: `session.idle_ttl`.
-    #[serde(default, deserialize_with = "opt_duration")]
+    #[serde(default, deserialize_with = "meshgate_duration::deserialize_option")]
     pub ttl: Option<Duration>,
 }
 
@@ -139,10 +162,6 @@ fn default_forward_timeout() -> Duration {
 }
 fn default_store_kind() -> String {
     "memory".into()
-}
-
-fn opt_duration<'de, D: Deserializer<'de>>(d: D) -> Result<Option<Duration>, D::Error> {
-    duration(d).map(Some)
 }
 
 /// The hub's end of the edge tunnels.
@@ -171,10 +190,16 @@ pub struct EdgeConfig {
     #[serde(default = "default_edge_slots")]
     pub slots: usize,
     /// Keep-alive interval on each tunnel.
-    #[serde(default = "default_edge_keepalive", deserialize_with = "duration")]
+    #[serde(
+        default = "default_edge_keepalive",
+        deserialize_with = "meshgate_duration::deserialize"
+    )]
     pub keepalive: Duration,
     /// A tunnel silent this long is dead (its calls fail, its tools leave the lists).
-    #[serde(default = "default_edge_idle", deserialize_with = "duration")]
+    #[serde(
+        default = "default_edge_idle",
+        deserialize_with = "meshgate_duration::deserialize"
+    )]
     pub idle_timeout: Duration,
     /// Accept QUIC tunnels.
     #[serde(default = "default_true")]
@@ -183,7 +208,10 @@ pub struct EdgeConfig {
     #[serde(default = "default_true")]
     pub tcp: bool,
     /// Hard cap on one request to an edge server.
-    #[serde(default = "default_request_timeout", deserialize_with = "duration")]
+    #[serde(
+        default = "default_request_timeout",
+        deserialize_with = "meshgate_duration::deserialize"
+    )]
     pub request_timeout: Duration,
 }
 
@@ -211,13 +239,13 @@ pub struct LimitsConfig {
     /// Largest request body (413 past it).
     pub max_body_bytes: usize,
     /// Time to receive a whole head once it started (408 past it).
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "meshgate_duration::deserialize")]
     pub head_timeout: Duration,
     /// Time to receive a whole body (408 past it).
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "meshgate_duration::deserialize")]
     pub body_timeout: Duration,
     /// Keep-alive idle time between requests.
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "meshgate_duration::deserialize")]
     pub idle_timeout: Duration,
 }
 
@@ -242,10 +270,14 @@ impl Default for LimitsConfig {
 #[serde(deny_unknown_fields, default)]
 pub struct SessionConfig {
     /// A session unused for this long is ended (and its upstream sessions deleted).
-    #[serde(deserialize_with = "duration")]
+    #[serde(deserialize_with = "meshgate_duration::deserialize")]
     pub idle_ttl: Duration,
     /// SSE events kept per stream for `Last-Event-ID` replay.
     pub replay_events: usize,
+    /// A server→client request (sampling, elicitation, roots) the client has not answered
+    /// within this is given up: the upstream that asked gets a JSON-RPC error.
+    #[serde(deserialize_with = "meshgate_duration::deserialize")]
+    pub pending_timeout: Duration,
 }
 
 impl Default for SessionConfig {
@@ -253,8 +285,17 @@ impl Default for SessionConfig {
         Self {
             idle_ttl: Duration::from_secs(30 * 60),
             replay_events: 256,
+            pending_timeout: Duration::from_secs(300),
         }
     }
+}
+
+fn default_catalog_ttl() -> Duration {
+    Duration::from_secs(60)
+}
+
+fn default_dns_refresh() -> Duration {
+    Duration::from_secs(30)
 }
 
 /// One federated MCP server (Streamable HTTP), reached at one URL or at several replicas.
@@ -278,13 +319,22 @@ pub struct UpstreamConfig {
     #[serde(default = "default_eject_after")]
     pub eject_after: u32,
     /// TCP connect timeout.
-    #[serde(default = "default_connect_timeout", deserialize_with = "duration")]
+    #[serde(
+        default = "default_connect_timeout",
+        deserialize_with = "meshgate_duration::deserialize"
+    )]
     pub connect_timeout: Duration,
     /// Hard cap on one request, progress or not.
-    #[serde(default = "default_request_timeout", deserialize_with = "duration")]
+    #[serde(
+        default = "default_request_timeout",
+        deserialize_with = "meshgate_duration::deserialize"
+    )]
     pub request_timeout: Duration,
     /// Active health-check interval.
-    #[serde(default = "default_health_interval", deserialize_with = "duration")]
+    #[serde(
+        default = "default_health_interval",
+        deserialize_with = "meshgate_duration::deserialize"
+    )]
     pub health_interval: Duration,
     /// Idle keep-alive connections kept per worker.
     #[serde(default = "default_pool_size")]
@@ -312,7 +362,17 @@ impl HubConfig {
     /// A config with every default and no upstreams (the quick-start flags fill it in).
     pub fn empty() -> Self {
         // An empty YAML mapping takes every default.
-        serde_yaml::from_str("{}").expect("the empty config deserializes from defaults")
+        Self::from_yaml("{}").expect("the empty config deserializes from defaults")
+    }
+
+    /// Parses a config file's text (YAML). The only place the hub names its YAML crate.
+    ///
+    /// # Errors
+    /// Syntax, shape, unknown-field and duration errors; the message starts with the field
+    /// path (`upstreams[0].request_timeout: invalid duration "soon" ...`) and ends with the
+    /// line and column.
+    pub fn from_yaml(text: &str) -> Result<Self, yaml_serde::Error> {
+        yaml_serde::from_str(text)
     }
 }
 
@@ -353,52 +413,34 @@ fn default_eject_after() -> u32 {
     3
 }
 
-/// Parses `250ms`, `10s`, `5m`, `1h`, or a bare number of seconds.
-pub fn parse_duration(s: &str) -> Result<Duration, String> {
-    let s = s.trim();
-    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
-    let (num, unit) = s.split_at(split);
-    let n: u64 = num
-        .parse()
-        .map_err(|_| format!("invalid duration {s:?}: expected e.g. 250ms, 10s, 5m, 1h"))?;
-    let d = match unit.trim() {
-        "" | "s" => Duration::from_secs(n),
-        "ms" => Duration::from_millis(n),
-        "m" => Duration::from_secs(n * 60),
-        "h" => Duration::from_secs(n * 3600),
-        other => {
-            return Err(format!(
-                "invalid duration unit {other:?} in {s:?}: use ms, s, m or h"
-            ))
-        }
-    };
-    Ok(d)
-}
-
-fn duration<'de, D: Deserializer<'de>>(d: D) -> Result<Duration, D::Error> {
-    #[derive(Deserialize)]
-    #[serde(untagged)]
-    enum Raw {
-        N(u64),
-        S(String),
-    }
-    match Raw::deserialize(d)? {
-        Raw::N(n) => Ok(Duration::from_secs(n)),
-        Raw::S(s) => parse_duration(&s).map_err(serde::de::Error::custom),
-    }
-}
-
 #[cfg(test)]
 mod tests {
     use super::*;
 
     #[test]
-    fn durations() {
-        assert_eq!(parse_duration("250ms").unwrap(), Duration::from_millis(250));
-        assert_eq!(parse_duration("10s").unwrap(), Duration::from_secs(10));
-        assert_eq!(parse_duration("5m").unwrap(), Duration::from_secs(300));
-        assert_eq!(parse_duration("7").unwrap(), Duration::from_secs(7));
-        assert!(parse_duration("5 parsecs").is_err());
-        assert!(parse_duration("ms").is_err());
+    fn durations_use_the_workspace_grammar_and_errors_name_the_field() {
+        let ok: &[(&str, Duration)] = &[
+            ("sse_keepalive: 1.5s", Duration::from_millis(1500)),
+            ("sse_keepalive: 250ms", Duration::from_millis(250)),
+            ("sse_keepalive: 7", Duration::from_secs(7)),
+            ("sse_keepalive: 5m", Duration::from_secs(300)),
+        ];
+        for (text, want) in ok {
+            let c = HubConfig::from_yaml(text).unwrap();
+            assert_eq!(c.sse_keepalive, *want, "{text}");
+        }
+        let bad = [
+            (
+                "upstreams:\n  - name: a\n    url: http://127.0.0.1:1/mcp\n    request_timeout: soon\n",
+                "upstreams[0].request_timeout: invalid duration \"soon\"",
+            ),
+            ("limits:\n  head_timeout: 5 parsecs\n", "limits.head_timeout: invalid duration"),
+            ("store:\n  ttl: -1\n", "store.ttl: invalid duration"),
+            ("upstreams:\n  - name: a\n    colour: red\n", "upstreams[0]: unknown field `colour`"),
+        ];
+        for (text, want) in bad {
+            let e = HubConfig::from_yaml(text).unwrap_err().to_string();
+            assert!(e.starts_with(want), "{text}: {e}");
+        }
     }
 }

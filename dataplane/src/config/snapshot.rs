@@ -116,11 +116,154 @@ pub struct EdgeSettings {
     pub request_timeout: Duration,
 }
 
+/// A replica's socket address: resolved at load, and again (for a host name) by the resolver
+/// thread on a schedule and after a failed connect. Workers only read it (no lookup on the
+/// request path).
+#[derive(Debug, Clone)]
+pub struct ResolvedAddr(Arc<ResolvedInner>);
+
+#[derive(Debug)]
+struct ResolvedInner {
+    /// `host:port` to look up again; `None` for an IP literal (never changes).
+    name: Option<String>,
+    current: parking_lot::RwLock<SocketAddr>,
+    stale: std::sync::atomic::AtomicBool,
+}
+
+impl ResolvedAddr {
+    /// An address that never changes (an IP literal, the edge bridge).
+    pub fn fixed(addr: SocketAddr) -> Self {
+        Self::new(None, addr)
+    }
+
+    fn new(name: Option<String>, addr: SocketAddr) -> Self {
+        Self(Arc::new(ResolvedInner {
+            name,
+            current: parking_lot::RwLock::new(addr),
+            stale: std::sync::atomic::AtomicBool::new(false),
+        }))
+    }
+
+    /// The address to connect to now.
+    pub fn get(&self) -> SocketAddr {
+        *self.0.current.read()
+    }
+
+    /// Whether this address comes from a host name (so it is looked up again).
+    pub fn has_name(&self) -> bool {
+        self.0.name.is_some()
+    }
+
+    /// Asks the resolver thread to look the name up again soon (a connect failed).
+    pub fn resolve_soon(&self) {
+        if self.has_name() {
+            self.0
+                .stale
+                .store(true, std::sync::atomic::Ordering::Relaxed);
+        }
+    }
+
+    /// Whether a new lookup was asked for.
+    pub fn is_stale(&self) -> bool {
+        self.0.stale.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Looks the name up again (blocking: only the resolver thread calls this). A failed
+    /// lookup keeps the last address; a changed one is logged.
+    pub fn refresh(&self) {
+        let Some(name) = &self.0.name else { return };
+        self.0
+            .stale
+            .store(false, std::sync::atomic::Ordering::Relaxed);
+        match name.to_socket_addrs().map(|mut a| a.next()) {
+            Ok(Some(addr)) => {
+                let old = std::mem::replace(&mut *self.0.current.write(), addr);
+                if old != addr {
+                    tracing::info!(host = %name, from = %old, to = %addr, "upstream address changed");
+                }
+            }
+            Ok(None) => {
+                tracing::warn!(host = %name, "upstream name resolves to no address; keeping the last one")
+            }
+            Err(e) => {
+                tracing::warn!(host = %name, error = %e, "upstream name lookup failed; keeping the last address")
+            }
+        }
+    }
+}
+
+/// Which eras of MCP an upstream speaks, as learned at run time (the prober's `server/discover`
+/// and `initialize`, and every handshake): unknown until tried, then cached; a failed handshake
+/// forgets it so the next one probes again. Shared by every worker (one atomic).
+#[derive(Debug, Clone, Default)]
+pub struct EraCell(Arc<std::sync::atomic::AtomicU8>);
+
+impl EraCell {
+    const LEGACY_YES: u8 = 1;
+    const LEGACY_NO: u8 = 2;
+    const MODERN_YES: u8 = 4;
+    const MODERN_NO: u8 = 8;
+
+    fn get(&self) -> u8 {
+        self.0.load(std::sync::atomic::Ordering::Relaxed)
+    }
+
+    /// Whether it speaks the legacy era (sessions): `None` until known.
+    pub fn legacy(&self) -> Option<bool> {
+        let v = self.get();
+        (v & (Self::LEGACY_YES | Self::LEGACY_NO) != 0).then_some(v & Self::LEGACY_YES != 0)
+    }
+
+    /// Whether it speaks the modern era (2026-07-28): `None` until known.
+    pub fn modern(&self) -> Option<bool> {
+        let v = self.get();
+        (v & (Self::MODERN_YES | Self::MODERN_NO) != 0).then_some(v & Self::MODERN_YES != 0)
+    }
+
+    /// Records whether it speaks the legacy era; returns whether that changed what was known.
+    pub fn set_legacy(&self, yes: bool) -> bool {
+        self.set(Self::LEGACY_YES, Self::LEGACY_NO, yes)
+    }
+
+    /// Records whether it speaks the modern era; returns whether that changed what was known.
+    pub fn set_modern(&self, yes: bool) -> bool {
+        self.set(Self::MODERN_YES, Self::MODERN_NO, yes)
+    }
+
+    fn set(&self, yes_bit: u8, no_bit: u8, yes: bool) -> bool {
+        let bit = if yes { yes_bit } else { no_bit };
+        let old = self
+            .0
+            .fetch_update(
+                std::sync::atomic::Ordering::Relaxed,
+                std::sync::atomic::Ordering::Relaxed,
+                |v| Some((v & !(yes_bit | no_bit)) | bit),
+            )
+            .unwrap_or(0);
+        old & (yes_bit | no_bit) != bit
+    }
+
+    /// Forgets what was learned (a handshake failed: probe again).
+    pub fn forget(&self) {
+        self.0.store(0, std::sync::atomic::Ordering::Relaxed);
+    }
+
+    /// `legacy`, `modern`, `dual` or `unknown`, for logs and `/metrics`.
+    pub fn label(&self) -> &'static str {
+        match (self.legacy(), self.modern()) {
+            (Some(true), Some(true)) => "dual",
+            (_, Some(true)) => "modern",
+            (Some(true), _) => "legacy",
+            _ => "unknown",
+        }
+    }
+}
+
 /// One endpoint of an upstream, resolved.
 #[derive(Debug, Clone)]
 pub struct Replica {
-    /// Resolved address.
-    pub addr: SocketAddr,
+    /// Resolved address (re-resolved when named by host).
+    pub addr: ResolvedAddr,
     /// `Host` header value.
     pub host: Arc<str>,
     /// Request target path (with query).
@@ -132,8 +275,11 @@ pub struct Replica {
 impl Replica {
     fn parse(field: &str, url: &str) -> Result<Replica, ConfigError> {
         let (addr, host, path) = parse_http_url(field, url)?;
+        let literal = host_of(&host).parse::<std::net::IpAddr>().is_ok();
+        let port = addr.port();
+        let name = (!literal).then(|| format!("{}:{port}", host_of(&host)));
         Ok(Replica {
-            addr,
+            addr: ResolvedAddr::new(name, addr),
             host: host.into(),
             path: path.into(),
             url: url.into(),
@@ -169,6 +315,8 @@ pub struct Upstream {
     pub health_interval: Duration,
     /// Idle pooled connections per worker.
     pub pool_size: usize,
+    /// Which eras of MCP it speaks (learned at run time).
+    pub era: EraCell,
 }
 
 /// The validated hub configuration.
@@ -198,6 +346,12 @@ pub struct Snapshot {
     pub replay_events: usize,
     /// SSE keep-alive interval.
     pub sse_keepalive: Duration,
+    /// Longest an upstream's cached list is served.
+    pub catalog_ttl: Duration,
+    /// How often upstream host names are resolved again.
+    pub dns_refresh: Duration,
+    /// Longest a server→client request waits for the client's answer.
+    pub pending_timeout: Duration,
     /// Upstreams in config order, then the edge slots (added when the hub starts).
     pub upstreams: Vec<Upstream>,
     /// Edge tunnels, if configured.
@@ -214,6 +368,17 @@ pub fn is_mcp_name(s: &str) -> bool {
         && s.len() <= 128
         && s.bytes()
             .all(|b| b.is_ascii_alphanumeric() || matches!(b, b'_' | b'-' | b'.'))
+}
+
+/// The host part of an authority (`[::1]:80` → `::1`, `name:80` → `name`).
+fn host_of(authority: &str) -> &str {
+    if let Some(rest) = authority.strip_prefix('[') {
+        return rest.split(']').next().unwrap_or("");
+    }
+    authority
+        .rsplit_once(':')
+        .filter(|(_, p)| p.parse::<u16>().is_ok())
+        .map_or(authority, |(h, _)| h)
 }
 
 fn parse_http_url(field: &str, url: &str) -> Result<(SocketAddr, String, String), ConfigError> {
@@ -493,6 +658,7 @@ impl Snapshot {
                 request_timeout: u.request_timeout,
                 health_interval: u.health_interval.max(Duration::from_millis(100)),
                 pool_size: u.pool_size,
+                era: EraCell::default(),
             });
         }
         let edge = cfg
@@ -576,6 +742,9 @@ impl Snapshot {
             session_ttl: cfg.session.idle_ttl,
             replay_events: cfg.session.replay_events.max(1),
             sse_keepalive: cfg.sse_keepalive.max(Duration::from_millis(100)),
+            catalog_ttl: cfg.catalog_ttl,
+            dns_refresh: cfg.dns_refresh.max(Duration::from_secs(1)),
+            pending_timeout: cfg.session.pending_timeout.max(Duration::from_secs(1)),
             upstreams,
             edge,
             cluster: cluster_settings(cfg, listen)?,
@@ -591,7 +760,7 @@ impl Snapshot {
         for k in 0..e.slots {
             let url: Arc<str> = format!("edge slot {k}").into();
             let replicas = vec![Replica {
-                addr: bridge,
+                addr: ResolvedAddr::fixed(bridge),
                 host: bridge.to_string().into(),
                 path: format!("/slot/{k}/{token}").into(),
                 url: url.clone(),
@@ -609,6 +778,7 @@ impl Snapshot {
                 request_timeout: e.request_timeout,
                 health_interval: Duration::from_secs(3600),
                 pool_size: 64,
+                era: EraCell::default(),
             });
         }
     }
@@ -626,7 +796,7 @@ mod tests {
     use super::*;
 
     fn load(yaml: &str) -> Result<Snapshot, String> {
-        let raw: HubConfig = serde_yaml::from_str(yaml).map_err(|e| e.to_string())?;
+        let raw = HubConfig::from_yaml(yaml).map_err(|e| e.to_string())?;
         Snapshot::from_config(&raw).map_err(|e| e.to_string())
     }
 

@@ -18,6 +18,7 @@
 //! session at least once per half TTL.
 
 pub mod memory;
+#[cfg(feature = "redis")]
 pub mod redis;
 pub mod seal;
 
@@ -171,7 +172,7 @@ impl StoreGet {
         StoreGet(GetInner::Ready(Some(r)))
     }
     /// An answer that the store thread will send.
-    pub(crate) fn wait(rx: oneshot::Receiver<GetResult>) -> Self {
+    pub fn wait(rx: oneshot::Receiver<GetResult>) -> Self {
         StoreGet(GetInner::Wait(rx))
     }
 }
@@ -228,6 +229,11 @@ pub fn open(cfg: &StoreConfig) -> Result<Arc<dyn SessionStore>, StoreError> {
     }
     match &cfg.kind {
         StoreKind::Memory => Ok(Arc::new(memory::MemoryStore::new(cfg.ttl))),
+        #[cfg(not(feature = "redis"))]
+        StoreKind::Redis { .. } => Err(StoreError::Config(
+            "this meshgate was built without the `redis` feature; rebuild with it to share sessions through Redis".into(),
+        )),
+        #[cfg(feature = "redis")]
         StoreKind::Redis { url, cluster } => {
             let keys = Keyring::load(&cfg.keys)?;
             let target = if cluster.is_empty() {
@@ -271,6 +277,7 @@ mod tests {
         assert_eq!(serde_json::from_slice::<SessionRecord>(&j).unwrap(), r);
     }
 
+    #[cfg(feature = "redis")]
     #[test]
     fn open_refuses_zero_ttl_and_bad_keys() {
         let mem = StoreConfig {

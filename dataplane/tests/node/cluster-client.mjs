@@ -6,7 +6,8 @@
 //
 //   node cluster-client.mjs --url http://127.0.0.1:8080/mcp --tool mock__tool_1 --seconds 9
 //
-// Prints `session kept <id> ok=N failed=M` and exits 0, or `session lost: <reason>` and exits 1.
+// Prints one `ok - NAME` (or `not ok - NAME: why`) line per check, `session kept <id> ok=N failed=M`
+// (or `session lost: <reason>`), then `N passed, M failed`; exits 0 iff every check passed.
 import { Client } from '@modelcontextprotocol/sdk/client/index.js';
 import { StreamableHTTPClientTransport } from '@modelcontextprotocol/sdk/client/streamableHttp.js';
 import { parseArgs, sleep } from './lib/common.mjs';
@@ -64,9 +65,25 @@ if (!lost) {
 }
 clearTimeout(hard);
 await client.close().catch(() => {});
-if (lost || !lastOk || ok === 0) {
-  console.log(`session lost: ${lost ?? 'last call failed'} ok=${ok} failed=${failed}`);
-  process.exit(1);
+// One `ok - NAME` / `not ok - NAME: why` line per check, then `N passed, M failed`, so the Rust
+// wrapper can assert the exact list of checks that passed (support::assert_checks).
+const checks = [
+  ['session id unchanged throughout', !(lost ?? '').startsWith('session id changed'), lost],
+  ['no call answered 404 (session never lost)', !lost, lost],
+  ['calls succeeded during the failovers', ok > 0, `ok=${ok} failed=${failed}`],
+  ['final call after the run succeeded', !lost && lastOk, lost ?? 'last call failed'],
+];
+let passedChecks = 0;
+for (const [name, good, why] of checks) {
+  if (good) passedChecks++;
+  console.log(good ? `ok - ${name}` : `not ok - ${name}: ${why}`);
 }
-console.log(`session kept ${sid} ok=${ok} failed=${failed}`);
-process.exit(0);
+console.log(`# calls ok=${ok} failed=${failed}`);
+const bad = checks.length - passedChecks;
+if (bad > 0) {
+  console.log(`session lost: ${lost ?? 'last call failed'} ok=${ok} failed=${failed}`);
+} else {
+  console.log(`session kept ${sid} ok=${ok} failed=${failed}`);
+}
+console.log(`${passedChecks} passed, ${bad} failed`);
+process.exit(bad > 0 ? 1 : 0);

@@ -1,10 +1,17 @@
 #!/usr/bin/env node
-// Run the pinned @modelcontextprotocol/conformance CLI (0.1.16, under the pinned Node 22) against an
-// MCP server URL and judge the result per scenario.
+// Run the pinned @modelcontextprotocol/conformance CLI (under the pinned Node 22) against an MCP
+// server URL and judge the result per scenario.
 //
 // Usage:
 //   node conformance.mjs --url URL [--baseline FILE] [--out DIR] [--suite active|all|pending]
 //                        [--scenario NAME] [--timeout-ms 240000] [--write-baseline FILE]
+//   node conformance.mjs --modern --url URL [--requirements 2026-07-28 | --spec-version 2026-07-28
+//                        [--suite S] | --scenario NAME] [--baseline FILE] ...
+//
+// Without --modern the stable line runs (`@modelcontextprotocol/conformance` 0.1.16, `server --suite
+// active`). With --modern the 0.2.0-alpha line (npm alias `conformance-modern`) runs; by default with
+// `--requirements 2026-07-28` (exactly the scenarios that revision requires, at its wire, plus the
+// unscored extension/pending ones); `--spec-version V` instead filters the chosen --suite by version.
 //
 // Without --baseline every scenario must pass (no FAILURE check). With --baseline FILE (JSON, see
 // baseline-everything.json) a scenario listed under "fail" may fail; a scenario listed under "pass" or
@@ -24,7 +31,11 @@ import { parseArgs } from './lib/common.mjs';
 const here = dirname(fileURLToPath(import.meta.url));
 let args;
 try {
-  args = parseArgs(process.argv.slice(2));
+  args = parseArgs(process.argv.slice(2), { flags: ['modern'] });
+  if (!args.modern && args.requirements) throw new Error('--requirements needs --modern (0.1.16 has no requirement sets)');
+  if (args.requirements && (args['spec-version'] || args.suite || args.scenario)) {
+    throw new Error('--requirements replaces --suite/--spec-version/--scenario');
+  }
   if (!args.url) throw new Error('--url is required');
   new URL(args.url); // eslint-disable-line no-new
 } catch (e) {
@@ -36,7 +47,11 @@ const timeoutMs = Number(args['timeout-ms'] ?? 240000);
 const outDir = resolve(args.out ?? mkdtempSync(join(tmpdir(), 'meshgate-conformance-')));
 
 const nodeBin = join(here, 'node_modules', 'node', 'bin', 'node');
-const cli = join(here, 'node_modules', '@modelcontextprotocol', 'conformance', 'dist', 'index.js');
+const cli = args.modern
+  ? join(here, 'node_modules', 'conformance-modern', 'dist', 'index.js')
+  : join(here, 'node_modules', '@modelcontextprotocol', 'conformance', 'dist', 'index.js');
+const cliVersion = JSON.parse(readFileSync(join(dirname(dirname(cli)), 'package.json'), 'utf8')).version;
+const requirements = args.modern && !args['spec-version'] && !args.suite && !args.scenario ? (args.requirements ?? '2026-07-28') : args.requirements;
 for (const f of [nodeBin, cli]) {
   if (!existsSync(f)) {
     console.error(`missing ${f}: run \`npm ci\` in ${here}`);
@@ -45,8 +60,10 @@ for (const f of [nodeBin, cli]) {
 }
 
 const cliArgs = [cli, 'server', '--url', args.url, '-o', outDir];
-if (args.scenario) cliArgs.push('--scenario', args.scenario);
+if (requirements) cliArgs.push('--requirements', requirements);
+else if (args.scenario) cliArgs.push('--scenario', args.scenario);
 else cliArgs.push('--suite', suite);
+if (args['spec-version'] && !requirements) cliArgs.push('--spec-version', args['spec-version']);
 
 console.error(`# ${nodeBin} ${cliArgs.join(' ')}`);
 const child = spawn(nodeBin, cliArgs, { cwd: outDir, stdio: ['ignore', 'pipe', 'pipe'] });
@@ -132,7 +149,7 @@ if (baseline) {
 }
 if (args['write-baseline']) {
   const doc = {
-    description: `conformance 0.1.16 --suite ${suite} results for ${args.url}`,
+    description: `conformance ${cliVersion} ${requirements ? `--requirements ${requirements}` : `--suite ${suite}${args['spec-version'] ? ` --spec-version ${args['spec-version']}` : ''}`} results for ${args.url}`,
     generatedAt: new Date().toISOString(),
     pass: passList,
     fail: failList,

@@ -39,12 +39,26 @@ pub fn scratch(tag: &str) -> PathBuf {
 
 /// Starts the hub with `yaml` (a complete config; `listen` should be 127.0.0.1:0).
 pub fn start_hub(yaml: &str, driver: &str) -> Hub {
+    start_hub_in(None, yaml, driver)
+}
+
+/// As [`start_hub`], inside network namespace `netns` when given (`ip netns exec`, which also
+/// puts `/etc/netns/<netns>/*` over `/etc/*` for the hub, e.g. its own `hosts` file).
+pub fn start_hub_in(netns: Option<&str>, yaml: &str, driver: &str) -> Hub {
     let dir = scratch("hub");
     let cfg = dir.join("hub.yaml");
     std::fs::write(&cfg, yaml).expect("write config");
     let stderr_path = dir.join("stderr.log");
     let stderr = std::fs::File::create(&stderr_path).expect("stderr file");
-    let mut child = Command::new(env!("CARGO_BIN_EXE_meshgate"))
+    let mut cmd = match netns {
+        Some(ns) => {
+            let mut c = Command::new("ip");
+            c.args(["netns", "exec", ns, env!("CARGO_BIN_EXE_meshgate")]);
+            c
+        }
+        None => Command::new(env!("CARGO_BIN_EXE_meshgate")),
+    };
+    let mut child = cmd
         .arg("--config")
         .arg(&cfg)
         .env("MESHGATE_DRIVER", driver)
@@ -435,4 +449,101 @@ pub fn kill_group(pgid: u32) -> std::io::Result<std::process::ExitStatus> {
         .args(["-s", "KILL", "--", &format!("-{pgid}")])
         .stderr(Stdio::null())
         .status()
+}
+
+// === Node check reports ===
+
+/// What a Node check runner printed, one entry per check line.
+///
+/// Understands both report formats of `tests/node`: `e2e-client.mjs` (`ok - NAME`,
+/// `ok - NAME # SKIP why`, `not ok - NAME: why`) and `conformance.mjs` (`PASS NAME (p/f)`,
+/// `XPASS NAME (p/f)`, `XFAIL NAME (p/f): why`, `FAIL NAME ...`), each closed by the line
+/// `N passed, M failed`.
+#[derive(Debug, Default)]
+pub struct CheckReport {
+    /// Names of checks that passed (`ok - NAME`, `PASS`, `XPASS`).
+    pub passed: Vec<String>,
+    /// Checks that skipped themselves, with the reason (`ok - NAME # SKIP why`).
+    pub skipped: Vec<String>,
+    /// Names of checks that failed as a baseline allows (`XFAIL`).
+    pub xfailed: Vec<String>,
+    /// Whole lines of checks that failed (`not ok - ...`, `FAIL ...`).
+    pub failed: Vec<String>,
+    /// The closing `N passed, M failed`, if printed.
+    pub summary: Option<(usize, usize)>,
+}
+
+impl CheckReport {
+    /// Parses a runner's output (stdout and stderr mixed is fine: other lines are ignored).
+    pub fn parse(out: &str) -> Self {
+        let mut r = Self::default();
+        // `NAME (p/f)` or `NAME (p/f): why` -> NAME
+        let scenario =
+            |rest: &str| -> String { rest.split(" (").next().unwrap_or(rest).trim().to_string() };
+        for line in out.lines().map(str::trim_end) {
+            if let Some(rest) = line.strip_prefix("ok - ") {
+                match rest.split_once(" # SKIP") {
+                    Some((name, why)) => r.skipped.push(format!("{name} ({})", why.trim())),
+                    None => r.passed.push(rest.to_string()),
+                }
+            } else if line.starts_with("not ok - ") || line.starts_with("FAIL ") {
+                r.failed.push(line.to_string());
+            } else if let Some(rest) = line.strip_prefix("XFAIL ") {
+                r.xfailed.push(scenario(rest));
+            } else if let Some(rest) = line
+                .strip_prefix("PASS ")
+                .or_else(|| line.strip_prefix("XPASS "))
+            {
+                r.passed.push(scenario(rest));
+            } else if let Some((p, f)) = line.split_once(" passed, ") {
+                if let (Ok(p), Some(Ok(f))) = (
+                    p.parse::<usize>(),
+                    f.strip_suffix(" failed").map(str::parse::<usize>),
+                ) {
+                    r.summary = Some((p, f));
+                }
+            }
+        }
+        r
+    }
+}
+
+/// Asserts a Node check run did exactly what it must: every check in `pass` passed and no
+/// other one did, only the checks in `xfail` failed (as their baseline allows), nothing failed
+/// otherwise, nothing skipped itself, and the closing line agrees. A check that silently skips
+/// itself, disappears, or is renamed fails here. Returns the parsed report.
+pub fn assert_checks(out: &str, pass: &[&str], xfail: &[&str]) -> CheckReport {
+    let r = CheckReport::parse(out);
+    let sorted = |v: &[&str]| {
+        let mut v: Vec<String> = v.iter().map(|s| s.to_string()).collect();
+        v.sort();
+        v
+    };
+    let mut got_pass = r.passed.clone();
+    got_pass.sort();
+    let mut got_xfail = r.xfailed.clone();
+    got_xfail.sort();
+    let want_pass = sorted(pass);
+    let missing: Vec<&String> = want_pass.iter().filter(|n| !got_pass.contains(n)).collect();
+    let extra: Vec<&String> = got_pass.iter().filter(|n| !want_pass.contains(n)).collect();
+    assert!(
+        r.failed.is_empty() && r.skipped.is_empty() && missing.is_empty() && extra.is_empty(),
+        "check run differs from the expected list:\n  failed: {:?}\n  skipped: {:?}\n  \
+         expected to pass but did not: {missing:?}\n  passed but not in the list: {extra:?}\n\
+         --- output ---\n{out}",
+        r.failed,
+        r.skipped,
+    );
+    assert_eq!(
+        got_pass.len(),
+        want_pass.len(),
+        "a check passed twice:\n{out}"
+    );
+    assert_eq!(got_xfail, sorted(xfail), "allowed failures differ:\n{out}");
+    assert_eq!(
+        r.summary,
+        Some((pass.len() + xfail.len(), 0)),
+        "closing `N passed, M failed` line:\n{out}"
+    );
+    r
 }

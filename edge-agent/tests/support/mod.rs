@@ -390,3 +390,127 @@ pub fn read_until(s: &mut TcpStream, needle: &str, within: Duration) -> String {
     }
     String::from_utf8_lossy(&got).into_owned()
 }
+
+/// A YAML server entry for the scripted stdio server (`tests/node/script-server.mjs`).
+pub fn script_entry(name: &str, extra: &str) -> String {
+    let (_, node) = node_kit();
+    let script = PathBuf::from(env!("CARGO_MANIFEST_DIR")).join("tests/node/script-server.mjs");
+    format!(
+        "  - {{ name: {name}, kind: stdio, command: '{}', args: ['{}']{extra} }}\n",
+        node.display(),
+        script.display()
+    )
+}
+
+/// Sends a POST and returns the socket after the request, to read its answer as it streams.
+pub fn post_stream(addr: &str, server: &str, sid: &str, body: &str) -> TcpStream {
+    let mut s = TcpStream::connect(addr).unwrap();
+    write!(
+        s,
+        "POST /mcp/{server} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\ncontent-type: application/json\r\naccept: application/json, text/event-stream\r\nmcp-session-id: {sid}\r\ncontent-length: {}\r\n\r\n{body}",
+        body.len()
+    )
+    .unwrap();
+    s
+}
+
+/// A GET stream read continuously by a thread: what arrived so far, and whether it ended.
+pub struct GetReader {
+    got: std::sync::Arc<std::sync::Mutex<(String, bool)>>,
+    stream: TcpStream,
+}
+
+impl GetReader {
+    /// Opens the session's GET stream (with `Last-Event-ID` when given) and starts reading.
+    pub fn open(addr: &str, server: &str, sid: &str, last_event_id: Option<&str>) -> GetReader {
+        let mut s = TcpStream::connect(addr).unwrap();
+        let lei = last_event_id
+            .map(|id| format!("last-event-id: {id}\r\n"))
+            .unwrap_or_default();
+        write!(
+            s,
+            "GET /mcp/{server} HTTP/1.1\r\nhost: {addr}\r\nconnection: close\r\naccept: text/event-stream\r\nmcp-session-id: {sid}\r\n{lei}\r\n"
+        )
+        .unwrap();
+        let got = std::sync::Arc::new(std::sync::Mutex::new((String::new(), false)));
+        let (g, mut r) = (got.clone(), s.try_clone().unwrap());
+        std::thread::spawn(move || {
+            let mut buf = [0u8; 16384];
+            // Bounded: the test ends the stream (shutdown) or the agent does.
+            r.set_read_timeout(Some(Duration::from_secs(120))).unwrap();
+            loop {
+                match r.read(&mut buf) {
+                    Ok(0) | Err(_) => break,
+                    Ok(n) => g
+                        .lock()
+                        .unwrap()
+                        .0
+                        .push_str(&String::from_utf8_lossy(&buf[..n])),
+                }
+            }
+            g.lock().unwrap().1 = true;
+        });
+        GetReader { got, stream: s }
+    }
+
+    /// Everything read so far.
+    pub fn text(&self) -> String {
+        self.got.lock().unwrap().0.clone()
+    }
+
+    /// Whether the stream ended (EOF or error).
+    pub fn ended(&self) -> bool {
+        self.got.lock().unwrap().1
+    }
+
+    /// Waits (bounded) until `needle` was read; panics naming `what` otherwise.
+    pub fn wait_for(&self, needle: &str, within: Duration, what: &str) -> String {
+        let deadline = Instant::now() + within;
+        loop {
+            {
+                let g = self.got.lock().unwrap();
+                if g.0.contains(needle) {
+                    return g.0.clone();
+                }
+            }
+            if Instant::now() >= deadline {
+                let t = self.text();
+                let tail = &t[t.len().saturating_sub(2000)..];
+                panic!("timed out after {within:?} waiting for {what} ({needle:?}); got {} bytes, ending:\n{tail}", t.len());
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits (bounded) until the stream ended; `false` if it did not within `within`.
+    pub fn wait_end(&self, within: Duration) -> bool {
+        let deadline = Instant::now() + within;
+        while Instant::now() < deadline {
+            if self.ended() {
+                return true;
+            }
+            std::thread::sleep(Duration::from_millis(20));
+        }
+        self.ended()
+    }
+
+    /// The SSE event ids read so far, in order.
+    pub fn ids(&self) -> Vec<String> {
+        self.text()
+            .lines()
+            .filter_map(|l| l.strip_prefix("id: "))
+            .map(|s| s.trim().to_owned())
+            .collect()
+    }
+
+    /// Closes the connection (the agent sees the consumer go away).
+    pub fn close(&self) {
+        let _ = self.stream.shutdown(std::net::Shutdown::Both);
+    }
+}
+
+impl Drop for GetReader {
+    fn drop(&mut self) {
+        self.close();
+    }
+}

@@ -3,6 +3,7 @@
 #![allow(clippy::unwrap_used, missing_docs)]
 
 use std::convert::Infallible;
+use std::future::Future;
 use std::io::Write;
 use std::path::{Path, PathBuf};
 use std::pin::Pin;
@@ -82,7 +83,12 @@ impl Body for ChanBody {
     }
 }
 
-/// POST echoes the body; GET /stream?n=N&ms=M sends N chunks M ms apart ("chunk-i\n").
+/// Gates of `/gated` streams: stream id → the sender the test releases each next chunk with.
+static GATES: Mutex<Option<std::collections::HashMap<u64, mpsc::Sender<()>>>> = Mutex::new(None);
+
+/// POST echoes the body; GET /stream?n=N&ms=M sends N chunks M ms apart ("chunk-i\n");
+/// GET /gated?id=K&n=N sends "chunk-0\n" and each next chunk only when the test releases it
+/// ([`release`]).
 async fn echo(req: Request<Incoming>) -> Result<Response<BoxBody>, Infallible> {
     if req.method() == Method::POST {
         let body = req.into_body().collect().await.map(|c| c.to_bytes());
@@ -102,6 +108,28 @@ async fn echo(req: Request<Incoming>) -> Result<Response<BoxBody>, Infallible> {
     };
     let (n, ms) = (get("n"), get("ms"));
     let (tx, rx) = mpsc::channel(4);
+    if req.uri().path() == "/gated" {
+        let (gate_tx, mut gate) = mpsc::channel::<()>(4);
+        GATES
+            .lock()
+            .unwrap()
+            .get_or_insert_with(Default::default)
+            .insert(get("id"), gate_tx);
+        tokio::spawn(async move {
+            for i in 0..n {
+                if i > 0 && gate.recv().await.is_none() {
+                    return;
+                }
+                if tx.send(Bytes::from(format!("chunk-{i}\n"))).await.is_err() {
+                    return;
+                }
+            }
+        });
+        return Ok(Response::builder()
+            .header("content-type", "text/event-stream")
+            .body(ChanBody(rx).boxed())
+            .unwrap());
+    }
     tokio::spawn(async move {
         for i in 0..n {
             if tx.send(Bytes::from(format!("chunk-{i}\n"))).await.is_err() {
@@ -172,31 +200,60 @@ async fn stream_req(link: &EdgeLink, n: u32, ms: u32) -> Response<Incoming> {
     timeout(T, link.send(req)).await.unwrap().unwrap()
 }
 
-/// Reads frames, checking they arrive one by one over time.
+/// Lets `/gated` stream `id` produce its next chunk.
+async fn release(id: u64) {
+    let gate = GATES
+        .lock()
+        .unwrap()
+        .as_ref()
+        .and_then(|m| m.get(&id).cloned())
+        .expect("gated stream registered");
+    gate.send(()).await.unwrap();
+}
+
+/// Reads a stream whose server produces each next chunk only after the test has received the
+/// previous one: every chunk must arrive on its own, before the next exists (incremental
+/// delivery, checked by order rather than by the clock).
 async fn check_streaming(link: &EdgeLink) {
-    let mut body = stream_req(link, 4, 150).await.into_body();
-    let start = Instant::now();
-    let mut got = Vec::new();
-    while let Some(f) = timeout(T, body.frame()).await.unwrap() {
-        if let Ok(d) = f.unwrap().into_data() {
-            got.push((start.elapsed(), d));
+    static NEXT_ID: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let id = NEXT_ID.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    let req = Request::get(format!("/gated?id={id}&n=4"))
+        .header("host", "edge")
+        .body(Full::new(Bytes::new()))
+        .unwrap();
+    let mut body = timeout(T, link.send(req))
+        .await
+        .unwrap()
+        .unwrap()
+        .into_body();
+    let mut text = String::new();
+    for i in 0..4 {
+        let want = format!("chunk-{i}\n");
+        // Chunk i arrives although chunk i+1 does not exist yet.
+        while text.len() < want.len() {
+            let f = timeout(T, body.frame())
+                .await
+                .unwrap_or_else(|_| panic!("chunk {i} never arrived (got {text:?})"))
+                .expect("stream ended early")
+                .unwrap();
+            if let Ok(d) = f.into_data() {
+                text.push_str(&String::from_utf8_lossy(&d));
+            }
+        }
+        assert_eq!(text, want, "chunks coalesced or out of order");
+        text.clear();
+        if i < 3 {
+            release(id).await;
         }
     }
-    let text: String = got
-        .iter()
-        .map(|(_, d)| String::from_utf8_lossy(d).into_owned())
-        .collect();
-    assert_eq!(text, "chunk-0\nchunk-1\nchunk-2\nchunk-3\n");
-    // The first chunk came well before the last was produced: incremental delivery.
-    assert!(got.len() >= 2, "chunks coalesced: {got:?}");
-    assert!(
-        got[0].0 < Duration::from_millis(300),
-        "first chunk late: {got:?}"
-    );
-    assert!(
-        got.last().unwrap().0 >= Duration::from_millis(400),
-        "{got:?}"
-    );
+    // Then the stream ends (h2 may close it with an empty frame).
+    while let Some(f) = timeout(T, body.frame()).await.unwrap() {
+        let f = f.unwrap();
+        assert!(
+            f.data_ref().is_none_or(|d| d.is_empty()),
+            "data after the last chunk"
+        );
+    }
 }
 
 async fn round_trip(transport: TransportChoice, expect: Transport) {
@@ -466,23 +523,30 @@ async fn link_loss(transport: TransportChoice, drop_edge: bool) {
     let lost = cut.elapsed();
 
     // A send on the dead link fails at once.
-    let t0 = Instant::now();
     let req = Request::post("/echo")
         .body(Full::new(Bytes::new()))
         .unwrap();
-    let err = link.send(req).await.err().unwrap();
-    assert!(matches!(err, TunnelError::LinkClosed { .. }), "{err}");
-    assert!(t0.elapsed() < Duration::from_millis(100));
+    // At once: the first poll already fails, without waiting for anything.
+    let send = link.send(req);
+    tokio::pin!(send);
+    let first = std::future::poll_fn(|cx| Poll::Ready(send.as_mut().poll(cx))).await;
+    match first {
+        Poll::Ready(Err(err)) => {
+            assert!(matches!(err, TunnelError::LinkClosed { .. }), "{err}")
+        }
+        Poll::Ready(Ok(_)) => panic!("a send on a dead link succeeded"),
+        Poll::Pending => panic!("a send on a dead link waited instead of failing at once"),
+    }
 
     if !drop_edge {
-        // The edge reports the loss and redials within the backoff bound.
+        // The edge reports the loss and redials (bounded by T; the time it takes is a figure
+        // for benches/scripts/edge-tunnel.sh, not an assertion).
         let t1 = Instant::now();
         let again = timeout(T, acc.accept())
             .await
             .expect("no reconnect")
             .unwrap();
         let back = t1.elapsed();
-        assert!(back < Duration::from_secs(4), "reconnect took {back:?}");
         assert_eq!(post(&again, "again").await, "again");
         let mut saw_down = false;
         while let Ok(ev) = events.try_recv() {

@@ -21,14 +21,16 @@ use std::sync::Arc;
 use std::task::{Context, Poll, Waker};
 use std::time::Duration;
 
-use h1::{Limits, ServerConn};
+use h1::ServerConn;
 use monoio::io::{AsyncReadRent, AsyncWriteRentExt, Splitable};
 use monoio::net::{TcpListener, TcpStream};
 use tokio::sync::watch;
 
-use super::{call_result, route, Reply, Req, State, StreamGuard, MAX_BODY};
+use super::{call_result, route, Reply, Req, State, StreamGuard};
 use crate::sys;
-use crate::wire::{self, Method};
+use crate::wire;
+
+use super::Method;
 
 const JSON: (&str, &[u8]) = ("content-type", b"application/json");
 const SSE: [(&str, &[u8]); 3] = [
@@ -105,19 +107,8 @@ async fn serve(
     }
 }
 
-fn limits() -> Limits {
-    Limits {
-        max_head_bytes: wire::MAX_HEAD,
-        max_headers: wire::MAX_HEADERS,
-        max_body_bytes: MAX_BODY,
-        // The tokio engine has no idle limit; an hour is "never" for a load test.
-        idle_timeout: Duration::from_secs(3600),
-        ..Limits::default()
-    }
-}
-
 async fn conn(state: Arc<State>, stream: TcpStream, reg: Rc<Registry>) {
-    let mut c = ServerConn::new(stream, limits());
+    let mut c = ServerConn::new(stream, super::limits());
     loop {
         let req = match c.next_request().await {
             Ok(Some(r)) => r,
@@ -132,12 +123,7 @@ async fn conn(state: Arc<State>, stream: TcpStream, reg: Rc<Registry>) {
         state.stats.requests.fetch_add(1, Ordering::Relaxed);
         let head = &req.head;
         let r = Req {
-            method: match head.method {
-                h1::Method::Get => Method::Get,
-                h1::Method::Post => Method::Post,
-                h1::Method::Delete => Method::Delete,
-                _ => Method::Other,
-            },
+            method: Method::from(head.method),
             path_ok: head.path() == state.cfg.path.as_bytes(),
             keep_alive: head.keep_alive,
             session: head.headers.get("mcp-session-id"),

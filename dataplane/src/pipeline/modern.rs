@@ -1,0 +1,304 @@
+//! The 2026-07-28 (stateless) era on the same endpoint: a POST whose `_meta` names a modern
+//! revision runs the same stages as a legacy one, with the envelope in place of a session.
+//!
+//! - `admit` checks the envelope and the mirrored headers ([`super::admit::modern`]:
+//!   `-32602`, `-32020`, `-32022`, all HTTP 400).
+//! - `session`: no protocol session; the request is carried by a hub-held session per
+//!   (principal, declared capabilities) ([`super::session::stateless`]), under which legacy
+//!   upstreams get the hub's own sessions and modern upstreams are reached statelessly. So
+//!   affinity (which replica) works as for legacy clients, keyed by that session.
+//! - `route`: the hub answers `server/discover` and the merged lists (with `resultType`,
+//!   `ttlMs`/`cacheScope` — the minimum of the parts' — and `serverInfo`), serves
+//!   `subscriptions/listen` ([`super::relay::listen`]); removed methods (`initialize`, `ping`,
+//!   `logging/setLevel`, `resources/subscribe`…) are HTTP 404 `-32601`; the rest routes by name
+//!   or URI as for legacy clients.
+//! - `forward` sends to a modern upstream with its mirrored headers and the client's own
+//!   envelope; to a legacy upstream within the hub-held session.
+//! - `relay` ([`super::relay::modern_post_stream`]) passes a modern upstream's stream through,
+//!   and turns a legacy upstream's answer into the modern shape (`resultType`, no log messages
+//!   unless `logLevel` was asked for, no server→client requests: those become an
+//!   `input_required` result).
+
+use std::rc::Rc;
+use std::sync::Arc;
+
+use bytes::Bytes;
+use mcp_wire::jsonrpc::result_object;
+use mcp_wire::mcp::method;
+use mcp_wire::modern::{self as m, ModernError};
+use mcp_wire::{Kind, Peeked};
+
+use super::admit::Envelope;
+use super::{reply_error, Answer, Call, Conn, Ctx, JSON, VERSION};
+use crate::catalog;
+use crate::error::{ErrorKind, ProxyError};
+use crate::federation::{self, ListKind};
+use crate::hub::Worker;
+use crate::metrics;
+
+/// What a modern request comes to.
+pub enum Modern {
+    /// An answer as for legacy clients (JSON, a relayed stream, 202, a 4xx error).
+    Answer(Answer),
+    /// A `subscriptions/listen` stream.
+    Listen(m::ListenFilter),
+}
+
+/// A 2026-07-28 POST (one message; batches do not exist in this era).
+pub async fn post<'r>(w: &Rc<Worker>, conn: &mut Conn, cx: &mut Ctx<'r>, msg: Peeked<'r>) -> bool {
+    let mut call = Call::new(msg, cx.req.body.clone());
+    let keep = cx.keep_alive;
+    // Closing the stream is this era's cancel, also while the upstream has not answered yet:
+    // a client gone before the answer ends the request (dropping it closes the upstream's).
+    let served = {
+        let watch = client_gone(conn);
+        let serve = admit_and_serve(w, cx, &mut call);
+        monoio::select! {
+            s = serve => Some(s),
+            _ = watch => None,
+        }
+    };
+    let Some(served) = served else {
+        call.outcome = "client_error";
+        tracing::debug!("2026-07-28 client closed its request before the answer; cancelled");
+        // A legacy upstream running it is told (a modern one saw its connection close).
+        if let Some(s) = &cx.session {
+            let flight = s.state.lock().inflight.remove(call.id());
+            if let Some(f) = flight {
+                let us = s.state.lock().upstreams[f.upstream].clone();
+                if let Some(us) = us.filter(|us| !us.is_modern()) {
+                    super::relay::cancel_upstream(w, s, f.upstream, us.generation, call.id()).await;
+                }
+            }
+        }
+        super::audit::record(w, cx, &call);
+        return false;
+    };
+    let out = match served {
+        Ok((env, Modern::Answer(a))) => respond(w, conn, cx, &mut call, &env, a).await,
+        Ok((env, Modern::Listen(filter))) => match &cx.session {
+            Some(s) => {
+                super::relay::listen(w, conn, s, call.id(), &filter, env.capabilities, env.info)
+                    .await
+                    && keep
+            }
+            None => false,
+        },
+        Err(e) => {
+            call.outcome = e.label();
+            reply_error(conn, &e.for_modern(true).with_id(call.msg.id), keep).await
+        }
+    };
+    let label = metrics::outcome_index(call.outcome);
+    w.metrics
+        .record(call.method, call.upstream, label, cx.started.elapsed());
+    super::audit::record(w, cx, &call);
+    out
+}
+
+/// Resolves when the client has closed its connection (checked every quarter second).
+async fn client_gone(conn: &Conn) {
+    loop {
+        monoio::time::sleep(std::time::Duration::from_millis(250)).await;
+        if conn.client_closed() {
+            return;
+        }
+    }
+}
+
+async fn admit_and_serve<'r>(
+    w: &Rc<Worker>,
+    cx: &mut Ctx<'r>,
+    call: &mut Call<'r>,
+) -> Result<(Envelope<'r>, Modern), ProxyError> {
+    // admit: envelope and mirrored headers.
+    let env = super::admit::modern(cx.req, &call.msg)?;
+    let served = serve(w, cx, call, &env).await?;
+    Ok((env, served))
+}
+
+async fn serve(
+    w: &Rc<Worker>,
+    cx: &mut Ctx<'_>,
+    call: &mut Call<'_>,
+    env: &Envelope<'_>,
+) -> Result<Modern, ProxyError> {
+    match call.msg.kind {
+        // Closing the response stream is the cancellation in this era; other notifications
+        // (a listen stream's `notifications/cancelled`) need nothing.
+        Kind::Notification => return Ok(Modern::Answer(Answer::Accepted)),
+        Kind::Response => {
+            return Err(ProxyError::new(
+                ErrorKind::InvalidRequest,
+                "a 2026-07-28 client sends no JSON-RPC responses (input goes in inputResponses)",
+            ))
+        }
+        Kind::Request => {}
+    }
+    let id = call.id();
+    let name = call.msg.method.as_deref().unwrap_or("").to_string();
+    let name = name.as_str();
+    if m::REMOVED_METHODS.contains(&name) || name == method::PING {
+        return Err(ProxyError::modern(m::method_not_found(name)));
+    }
+    if name == m::METHOD_SERVER_DISCOVER {
+        return Ok(Modern::Answer(Answer::Json(discover(w, id))));
+    }
+    // session: the hub-held session of this principal and capability set.
+    let session = super::session::stateless(w, cx, env);
+    // policy.
+    super::policy::check(w, cx, call)?;
+    if name == m::METHOD_SUBSCRIPTIONS_LISTEN {
+        let filter = m::ListenFilter::from_params(call.msg.params).map_err(|e| {
+            ProxyError::new(
+                ErrorKind::InvalidParams,
+                format!("bad notifications filter: {e}"),
+            )
+        })?;
+        return Ok(Modern::Listen(filter));
+    }
+    if let Some(kind) = ListKind::from_method(name) {
+        return list_page(w, &session, kind, call).await.map(Modern::Answer);
+    }
+    // route → affinity → forward, as for a legacy client.
+    let target = match super::route::route(w, &session, call).await? {
+        super::route::Routed::Answer(a) => return Ok(Modern::Answer(a)),
+        super::route::Routed::Upstream(t) => t,
+    };
+    let us = super::affinity::upstream_session(w, &session, target.upstream).await?;
+    call.replica = Some(us.replica);
+    let answer = super::forward::forward(w, &session, call, &target, us.clone()).await?;
+    Ok(Modern::Answer(match answer {
+        // A legacy upstream's answer in the modern shape; a modern upstream's as it is.
+        Answer::Json(body) if !us.is_modern() => Answer::Json(modern_result(&body, name)),
+        other => other,
+    }))
+}
+
+/// Writes a modern answer.
+async fn respond(
+    w: &Rc<Worker>,
+    conn: &mut Conn,
+    cx: &Ctx<'_>,
+    call: &mut Call<'_>,
+    env: &Envelope<'_>,
+    answer: Answer,
+) -> bool {
+    let keep = cx.keep_alive;
+    match answer {
+        Answer::Json(json) | Answer::Opened { json, .. } | Answer::Input { first: json, .. } => {
+            conn.write_full(200, &[JSON], &json, keep).await.is_ok() && keep
+        }
+        Answer::Status(status, json) => {
+            call.outcome = "client_error";
+            conn.write_full(status, &[JSON], &json, keep).await.is_ok() && keep
+        }
+        Answer::Accepted => conn.write_empty(202, &[], keep).await.is_ok() && keep,
+        Answer::Cancelled => super::relay::empty_stream(conn).await && keep,
+        Answer::Stream(src) => match &cx.session {
+            Some(s) => {
+                super::relay::modern_post_stream(w, conn, s, src, env.log_level).await && keep
+            }
+            None => false,
+        },
+    }
+}
+
+/// A legacy upstream's JSON answer as a modern client must get it: `resultType` on the result,
+/// resource-not-found as `-32602`, and caching hints on a `resources/read` (the safe default:
+/// a legacy upstream says nothing about caching).
+pub fn modern_result(body: &[u8], method_name: &str) -> Bytes {
+    if let Ok(Some(t)) = m::translate_resource_not_found(body) {
+        return Bytes::from(t);
+    }
+    let typed = match m::ensure_result_type(body) {
+        Ok(t) => t.into_owned(),
+        Err(_) => return Bytes::copy_from_slice(body),
+    };
+    if m::is_cacheable_method(method_name) {
+        if let Ok(with) = m::set_cache_hints(&typed, m::CacheHints::SAFE_DEFAULT) {
+            return Bytes::from(with);
+        }
+    }
+    Bytes::from(typed)
+}
+
+/// `"_meta":{"io.modelcontextprotocol/serverInfo":{...}}`, the hub's own.
+fn server_info_meta(out: &mut Vec<u8>) {
+    out.extend_from_slice(
+        br#""_meta":{"io.modelcontextprotocol/serverInfo":{"name":"meshgate","version":""#,
+    );
+    out.extend_from_slice(VERSION.as_bytes());
+    out.extend_from_slice(b"\"}}");
+}
+
+/// `server/discover`, answered by the hub: what it relays to modern clients.
+fn discover(w: &Worker, id: &str) -> Bytes {
+    let names: Vec<&str> = w
+        .hub
+        .snap
+        .upstreams
+        .iter()
+        .filter(|u| u.name.is_bound())
+        .map(|u| &*u.name)
+        .collect();
+    let mut r = Vec::with_capacity(512);
+    r.extend_from_slice(br#"{"resultType":"complete","supportedVersions":[""#);
+    r.extend_from_slice(mcp_wire::mcp::V2026_07_28.as_bytes());
+    r.extend_from_slice(br#""],"capabilities":{"completions":{},"prompts":{"listChanged":true},"resources":{"subscribe":true,"listChanged":true},"tools":{"listChanged":true}},"instructions":"#);
+    let instructions = if names.is_empty() {
+        "meshgate has no upstream MCP servers configured.".to_string()
+    } else {
+        format!(
+            "meshgate federates these MCP servers: {}.",
+            names.join(", ")
+        )
+    };
+    mcp_wire::jsonrpc::push_json_str(&mut r, &instructions);
+    // The hub's own answer changes only with its configuration: shareable, briefly.
+    r.extend_from_slice(br#","ttlMs":60000,"cacheScope":"public","#);
+    server_info_meta(&mut r);
+    r.push(b'}');
+    Bytes::from(result_object(id, &r))
+}
+
+/// One page of a merged list in the modern shape.
+async fn list_page(
+    w: &Rc<Worker>,
+    session: &Arc<crate::session::Session>,
+    kind: ListKind,
+    call: &Call<'_>,
+) -> Result<Answer, ProxyError> {
+    #[derive(serde::Deserialize)]
+    struct P {
+        cursor: Option<String>,
+    }
+    let cursor = serde_json::from_str::<P>(call.msg.params.unwrap_or("{}"))
+        .ok()
+        .and_then(|p| p.cursor);
+    let offset = match cursor {
+        None => 0,
+        Some(c) => federation::decode_cursor(kind, &c).ok_or_else(|| {
+            ProxyError::new(ErrorKind::InvalidParams, format!("invalid cursor {c:?}"))
+        })?,
+    };
+    let merged = catalog::merged(w, session, kind).await;
+    let page = federation::render_page(kind, &merged, offset, w.hub.snap.page_size);
+    let hints = merged.hints.unwrap_or(m::CacheHints::SAFE_DEFAULT);
+    // `{"tools":[...]...}` → `{"resultType":"complete","ttlMs":N,"cacheScope":"x","_meta":…,"tools":[...]...}`
+    let mut r = Vec::with_capacity(page.len() + 160);
+    r.extend_from_slice(br#"{"resultType":"complete","ttlMs":"#);
+    r.extend_from_slice(hints.ttl_ms.to_string().as_bytes());
+    r.extend_from_slice(br#","cacheScope":""#);
+    r.extend_from_slice(hints.scope.as_str().as_bytes());
+    r.extend_from_slice(b"\",");
+    server_info_meta(&mut r);
+    r.push(b',');
+    r.extend_from_slice(page.get(1..).unwrap_or(b"}"));
+    Ok(Answer::Json(Bytes::from(result_object(call.id(), &r))))
+}
+
+/// The error a removed or unknown method gets.
+pub fn not_found(name: &str) -> ProxyError {
+    ProxyError::modern(ModernError::MethodNotFound(name.to_string()))
+}

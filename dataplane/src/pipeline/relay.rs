@@ -1,0 +1,1203 @@
+//! Stage `relay`: SSE back to the client. Every event the client sees carries a hub-minted id
+//! `<stream>_<seq>` and is kept in a bounded replay buffer, so a GET with `Last-Event-ID`
+//! resumes exactly that stream ([`get_stream`] → [`resume`]). Server→client requests
+//! (sampling, elicitation, roots) get hub-minted ids, recorded so the client's answer finds the
+//! upstream that asked ([`relay_message`]); `list_changed` drops the catalog's copy.
+//!
+//! - [`post_stream`] relays an upstream SSE answer to a POST until its response; it keeps
+//!   reading after the client goes away (the events stay replayable), resumes the upstream
+//!   stream with `Last-Event-ID` when the upstream closes it early (2025-11-25 polling), ends at
+//!   once, with no late response, when the client cancels the request, and otherwise always
+//!   ends with the response or a JSON-RPC error for it.
+//! - [`batch_stream`] answers a 2025-03-26 batch as SSE when one of its answers streams.
+//! - [`standalone_stream`] is the GET stream: it merges the upstream sessions' GET streams
+//!   (resuming each with its last event id when it breaks), and announces `list_changed` when an
+//!   upstream goes down or comes back.
+
+use std::rc::Rc;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use bytes::Bytes;
+use h1::Request;
+use mcp_wire::jsonrpc::error_object;
+use mcp_wire::mcp::{self as mcpv, method};
+use mcp_wire::Kind;
+use tokio::sync::mpsc;
+
+use super::Conn;
+use crate::federation::ListKind;
+use crate::hub::Worker;
+use crate::metrics;
+use crate::session::{parse_event_id, Cancel, PendingRequest, ReplayStream, Session};
+use crate::upstream::{self, ReaderMsg};
+
+const SSE_HEADERS: [(&str, &[u8]); 3] = [
+    ("Content-Type", b"text/event-stream"),
+    ("Cache-Control", b"no-cache"),
+    ("X-Accel-Buffering", b"no"),
+];
+
+/// An upstream SSE answer to relay to the client.
+pub struct StreamSource {
+    /// The upstream.
+    pub upstream: usize,
+    /// The replica the stream comes from (its connection returns to that replica's pool).
+    pub replica: usize,
+    /// The upstream session generation it belongs to.
+    pub generation: u64,
+    /// The connection, positioned at the start of the SSE body.
+    pub conn: h1::ClientConn,
+    /// The client's request id (raw JSON): the response with this id ends the stream.
+    pub client_id: Box<str>,
+    /// Set when the client cancels the request.
+    pub cancel: Arc<Cancel>,
+    /// Whether the upstream session is a 2026-07-28 one (its stream is already modern).
+    pub modern: bool,
+    /// The request as routed (before any envelope), to retry after an `input_required`.
+    pub request: Bytes,
+}
+
+/// One answer of a batch.
+pub enum BatchPart {
+    /// A complete JSON-RPC message.
+    Json(Bytes),
+    /// A stream to relay to its response.
+    Stream(StreamSource),
+}
+
+/// Byte range of a borrowed `&str` (a peeked raw id) inside `body`.
+pub fn id_span(body: &[u8], raw: &str) -> std::ops::Range<usize> {
+    let start = (raw.as_ptr() as usize).saturating_sub(body.as_ptr() as usize);
+    if start + raw.len() <= body.len() {
+        start..start + raw.len()
+    } else {
+        0..0
+    }
+}
+
+/// Rewrites one upstream SSE message for the client: server→client requests get a hub-minted id
+/// (recorded so the answer finds its way back); `list_changed` drops the catalog's copy of that
+/// upstream's list. Returns the data to send and whether it is the response to `final_id`.
+pub async fn relay_message(
+    w: &Worker,
+    session: &Session,
+    u: usize,
+    generation: u64,
+    data: &str,
+    final_id: Option<&str>,
+) -> (Bytes, bool) {
+    let Ok(p) = mcp_wire::peek(data.as_bytes()) else {
+        tracing::warn!(
+            upstream = u,
+            "upstream sent a non-JSON-RPC SSE message; relayed as is"
+        );
+        return (Bytes::copy_from_slice(data.as_bytes()), false);
+    };
+    match p.kind {
+        Kind::Request => {
+            let original = p.id.unwrap_or("null");
+            let (minted, evicted) = session.mint_pending(PendingRequest {
+                upstream: u,
+                original_id: original.into(),
+                generation,
+                created: Instant::now(),
+            });
+            if let Some(old) = evicted {
+                let why = format!(
+                    "the client left {} server requests unanswered; meshgate gave up on the oldest",
+                    crate::session::MAX_PENDING
+                );
+                crate::hub::housekeeping::answer_upstream_with_error(w, session, &old, &why).await;
+            }
+            let span = id_span(data.as_bytes(), original);
+            let mut out = Vec::with_capacity(data.len() + 8);
+            out.extend_from_slice(&data.as_bytes()[..span.start]);
+            out.extend_from_slice(minted.as_bytes());
+            out.extend_from_slice(&data.as_bytes()[span.end..]);
+            (Bytes::from(out), false)
+        }
+        Kind::Response => {
+            let is_final = final_id.is_some_and(|f| p.id == Some(f));
+            (Bytes::copy_from_slice(data.as_bytes()), is_final)
+        }
+        Kind::Notification => {
+            for k in ListKind::from_changed(p.method.as_deref().unwrap_or("")) {
+                w.hub.catalog.invalidate(u, *k);
+            }
+            (Bytes::copy_from_slice(data.as_bytes()), false)
+        }
+    }
+}
+
+/// Writes one event to the client (if still connected) and records it for replay.
+pub struct Emitter<'a> {
+    conn: &'a mut Conn,
+    stream: Arc<ReplayStream>,
+    client_ok: bool,
+    last_write: Instant,
+    buf: Vec<u8>,
+}
+
+impl<'a> Emitter<'a> {
+    /// Starts the client's SSE response and a replay buffer for it.
+    async fn start(w: &Worker, conn: &'a mut Conn, session: &Session, standalone: bool) -> Self {
+        let stream = session.open_stream(w.hub.snap.replay_events, standalone);
+        let started = conn.start_stream(200, &SSE_HEADERS).await.is_ok();
+        Emitter {
+            conn,
+            stream,
+            client_ok: started,
+            last_write: Instant::now(),
+            buf: Vec::with_capacity(1024),
+        }
+    }
+
+    async fn emit(&mut self, data: &[u8]) {
+        let (seq, id) = self.stream.next_id();
+        self.buf.clear();
+        h1::encode_sse_event(&mut self.buf, Some(&id), None, Some(data), None);
+        let frame = Bytes::copy_from_slice(&self.buf);
+        self.stream.push(seq, frame.clone());
+        self.write(&frame).await;
+    }
+
+    async fn prime(&mut self, version: &str) {
+        // 2025-11-25 clients get a priming event, so they have a Last-Event-ID from the start.
+        if version >= mcpv::V2025_11_25 {
+            let (_, id) = self.stream.next_id();
+            self.buf.clear();
+            h1::encode_sse_event(&mut self.buf, Some(&id), None, Some(b""), None);
+            let frame = Bytes::copy_from_slice(&self.buf);
+            self.write(&frame).await;
+        }
+    }
+
+    async fn write(&mut self, frame: &[u8]) {
+        if self.client_ok {
+            self.client_ok = self.conn.write_chunk(frame).await.is_ok();
+            self.last_write = Instant::now();
+        }
+    }
+
+    async fn keepalive_if_idle(&mut self, every: Duration) {
+        if self.client_ok && self.last_write.elapsed() >= every {
+            self.write(h1::SSE_KEEPALIVE).await;
+        }
+    }
+
+    /// Ends the stream; returns whether the client connection is still usable.
+    async fn finish(self) -> bool {
+        self.stream.finish();
+        self.client_ok && self.conn.finish_stream().await.is_ok()
+    }
+}
+
+/// Relays an upstream SSE answer to a POST (see the module doc).
+pub async fn post_stream(
+    w: &Rc<Worker>,
+    conn: &mut Conn,
+    session: &Arc<Session>,
+    src: StreamSource,
+) -> bool {
+    let _guard = metrics::StreamGuard::new(&w.hub.metrics.open_streams);
+    let mut em = Emitter::start(w, conn, session, false).await;
+    em.prime(session.version).await;
+    relay_to_response(w, &mut em, session, src).await;
+    em.finish().await
+}
+
+/// Answers a request the client cancelled before its upstream answered: an SSE response with
+/// nothing in it (a cancelled request gets no response).
+pub async fn empty_stream(conn: &mut Conn) -> bool {
+    conn.start_stream(200, &SSE_HEADERS).await.is_ok() && conn.finish_stream().await.is_ok()
+}
+
+/// A batch answered as SSE: the complete answers first, then each stream to its response.
+pub async fn batch_stream(
+    w: &Rc<Worker>,
+    conn: &mut Conn,
+    session: &Arc<Session>,
+    parts: Vec<BatchPart>,
+) -> bool {
+    let _guard = metrics::StreamGuard::new(&w.hub.metrics.open_streams);
+    let mut em = Emitter::start(w, conn, session, false).await;
+    let mut streams = Vec::new();
+    for p in parts {
+        match p {
+            BatchPart::Json(j) => em.emit(&j).await,
+            BatchPart::Stream(s) => streams.push(s),
+        }
+    }
+    for src in streams {
+        relay_to_response(w, &mut em, session, src).await;
+    }
+    em.finish().await
+}
+
+/// Pumps one upstream SSE answer into `em` until the response to `src.client_id`, a failure
+/// (then a JSON-RPC error for the request is emitted), or the client's cancel (then nothing).
+async fn relay_to_response(
+    w: &Rc<Worker>,
+    em: &mut Emitter<'_>,
+    session: &Arc<Session>,
+    src: StreamSource,
+) {
+    let StreamSource {
+        upstream: u,
+        replica,
+        generation,
+        conn: up_conn,
+        client_id,
+        cancel,
+        modern,
+        request,
+    } = src;
+    let up = w.upstream(u);
+    let deadline = Instant::now() + up.request_timeout;
+    let keepalive = w.hub.snap.sse_keepalive;
+    let mut reader = Some(up_conn);
+    let mut done = false;
+    let mut failure = String::new();
+    'attempts: for _attempt in 0..4 {
+        let Some(c) = reader.take() else { break };
+        let (tx, mut rx) = mpsc::channel::<((), ReaderMsg)>(64);
+        upstream::spawn_reader(c, (), tx);
+        let mut last_up_id: Option<String> = None;
+        let mut retry_ms: u64 = 1000;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            if left.is_zero() {
+                failure = format!(
+                    "upstream '{}' did not answer within {:?}",
+                    up.name, up.request_timeout
+                );
+                break;
+            }
+            let msg = monoio::select! {
+                m = rx.recv() => m,
+                _ = cancel.cancelled() => {
+                    // Cancelled: the upstream was told; nothing more goes to the client.
+                    done = true;
+                    break 'attempts;
+                }
+                _ = monoio::time::sleep(keepalive.min(left)) => {
+                    em.keepalive_if_idle(keepalive).await;
+                    continue;
+                }
+            };
+            match msg {
+                Some(((), ReaderMsg::Event(ev))) => {
+                    if let Some(id) = ev.id.clone() {
+                        last_up_id = Some(id);
+                    }
+                    if let Some(r) = ev.retry {
+                        retry_ms = r;
+                    }
+                    if !ev.has_data || ev.data.is_empty() {
+                        continue;
+                    }
+                    let (data, is_final) =
+                        relay_message(w, session, u, generation, &ev.data, Some(&client_id)).await;
+                    if is_final && modern && !session.modern && is_input_required(&data) {
+                        // A 2026-07-28 upstream wants input: ask this legacy client for it as
+                        // server→client requests, retry, and relay the final answer.
+                        let fin = input_rounds(w, em, session, u, &request, &client_id, data).await;
+                        em.emit(&fin).await;
+                        done = true;
+                        break;
+                    }
+                    em.emit(&data).await;
+                    if is_final {
+                        done = true;
+                        break;
+                    }
+                }
+                Some(((), ReaderMsg::End(c))) => {
+                    w.pool.put(up, replica, c);
+                    failure = format!("upstream '{}' ended the stream without answering", up.name);
+                    break;
+                }
+                Some(((), ReaderMsg::Failed(e))) => {
+                    failure = format!("upstream '{}' stream failed: {e}", up.name);
+                    break;
+                }
+                None => break,
+            }
+        }
+        if done || deadline <= Instant::now() {
+            break;
+        }
+        // The upstream closed the stream early; with an event id it may be resumed (SSE polling).
+        let Some(last) = last_up_id else { break };
+        let us = session.state.lock().upstreams[u].clone();
+        // Resume only within the same upstream session (a moved session has a new stream).
+        let Some(us) = us.filter(|us| us.generation == generation) else {
+            break;
+        };
+        monoio::time::sleep(Duration::from_millis(retry_ms.min(5000))).await;
+        match upstream::get_stream(&w.pool, up, &us, Some(&last)).await {
+            Ok(Some(c)) => reader = Some(c),
+            Ok(None) => break,
+            Err(e) => {
+                failure = format!("upstream '{}' stream could not be resumed: {e}", up.name);
+                break;
+            }
+        }
+    }
+    if !done {
+        if failure.is_empty() {
+            failure = format!("upstream '{}' ended the stream without answering", up.name);
+        }
+        tracing::warn!(session = %session.id, "{failure}");
+        let err = error_object(
+            Some(&client_id),
+            mcp_wire::jsonrpc::code::INTERNAL_ERROR,
+            &failure,
+            None,
+        );
+        em.emit(&err).await;
+    }
+    session.state.lock().inflight.remove(&*client_id);
+}
+
+// === GET ===
+
+/// A GET on a session: with a `Last-Event-ID` of one of its streams, that stream resumed;
+/// otherwise (or for the GET stream's own ids) the standalone stream.
+pub async fn get_stream(
+    w: &Rc<Worker>,
+    conn: &mut Conn,
+    req: &Request,
+    session: &Arc<Session>,
+) -> bool {
+    if let Some((no, seq)) = req
+        .head
+        .headers
+        .get_str("last-event-id")
+        .and_then(parse_event_id)
+    {
+        let stream = session.state.lock().streams.get(&no).cloned();
+        match stream {
+            Some(stream) if !stream.standalone => {
+                return resume(w, conn, session, stream, seq).await;
+            }
+            Some(stream) => {
+                standalone_stream(w, conn, session, Some((stream, seq))).await;
+                return false;
+            }
+            None => {}
+        }
+    }
+    standalone_stream(w, conn, session, None).await;
+    false
+}
+
+/// A subscription to a 2026-07-28 upstream changed: has the session's GET stream reopen that
+/// upstream's listen stream with the new set, and waits (at most 2 s) until the upstream
+/// acknowledged it, so an update right after the subscribe is not missed. Without a GET stream
+/// there is nothing to wait for.
+pub async fn resubscribe(session: &Session) {
+    let want = {
+        let mut st = session.state.lock();
+        st.listen_want += 1;
+        if st.get_stream_gen == 0 {
+            return;
+        }
+        st.listen_want
+    };
+    session.changed.notify_waiters();
+    let deadline = Instant::now() + Duration::from_secs(2);
+    loop {
+        let n = session.changed.notified();
+        let mut n = std::pin::pin!(n);
+        n.as_mut().enable();
+        if session.state.lock().listen_have >= want || session.is_closed() {
+            return;
+        }
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() || monoio::time::timeout(left, n).await.is_err() {
+            return;
+        }
+    }
+}
+
+/// What the standalone stream knows of one upstream's GET stream (the last event id seen on it
+/// is kept in the session, `upstream_get_ids`, so a newer GET stream resumes it too).
+#[derive(Default, Clone)]
+struct Attached {
+    /// The upstream-session generation whose GET stream is attached now.
+    live: Option<u64>,
+    /// When a failed attach may be retried.
+    retry_at: Option<Instant>,
+    /// The session's `listen_want` a just-opened listen stream stands for (reached when the
+    /// upstream acknowledges it).
+    listen_for: Option<u64>,
+}
+
+/// The standalone GET stream: merges the upstream sessions' GET streams, sends `list_changed`
+/// when upstream health changes, keep-alive comments when idle; ends when the client goes away
+/// or the session ends.
+pub async fn standalone_stream(
+    w: &Rc<Worker>,
+    conn: &mut Conn,
+    session: &Arc<Session>,
+    replay: Option<(Arc<ReplayStream>, u64)>,
+) {
+    let _guard = metrics::StreamGuard::new(&w.hub.metrics.open_streams);
+    // Only one standalone stream per session: a newer one (a reconnect) takes over.
+    let my_gen = {
+        let mut st = session.state.lock();
+        st.get_stream_gen += 1;
+        st.get_stream_gen
+    };
+    let mut em = Emitter::start(w, conn, session, true).await;
+    if let Some((old, seq)) = replay {
+        // What the client missed on its previous GET stream, then this stream goes on live.
+        for (_, frame) in old.after(seq) {
+            em.write(&frame).await;
+        }
+    }
+    em.prime(session.version).await;
+    let n = w.hub.snap.upstreams.len();
+    let keepalive = w.hub.snap.sse_keepalive;
+    let tick = keepalive.min(Duration::from_millis(250));
+    let (tx, mut rx) = mpsc::channel::<(usize, ReaderMsg)>(256);
+    let mut attached: Vec<Attached> = vec![Attached::default(); n];
+    let mut seen_mask = w.hub.up_mask();
+    while em.client_ok && !session.is_closed() && session.state.lock().get_stream_gen == my_gen {
+        session.touch();
+        for (u, a) in attached.iter_mut().enumerate() {
+            if a.retry_at.is_some_and(|t| Instant::now() < t) || !w.hub.is_up(u) {
+                continue;
+            }
+            // A client that opens its GET stream wants every upstream's own messages (logs,
+            // list_changed, resource updates), so the upstream sessions open now if they have not
+            // yet been opened by a request (and move if their replica went down).
+            let us = match super::affinity::upstream_session(w, session, u).await {
+                Ok(us) => us,
+                Err(e) => {
+                    tracing::debug!(error = %e, "upstream session for a GET stream not opened; retrying later");
+                    a.retry_at = Some(Instant::now() + Duration::from_secs(1));
+                    continue;
+                }
+            };
+            if us.is_modern() {
+                // A 2026-07-28 upstream has no GET stream: its listen stream, asking for the
+                // list changes and this session's resource subscriptions there, stands in.
+                let subs: Vec<String> = session
+                    .state
+                    .lock()
+                    .subscriptions
+                    .iter()
+                    .filter(|(su, _)| *su == u)
+                    .map(|(_, uri)| uri.clone())
+                    .collect();
+                let want = us.generation ^ crate::ring::hash(subs.join("\n").as_bytes());
+                let listen_want = session.state.lock().listen_want;
+                if a.live == Some(want) {
+                    // Nothing to reopen for this upstream: it is current.
+                    let mut st = session.state.lock();
+                    if a.listen_for.is_none() && st.listen_have < listen_want {
+                        st.listen_have = listen_want;
+                        drop(st);
+                        session.changed.notify_waiters();
+                    }
+                    continue;
+                }
+                let filter = mcp_wire::modern::ListenFilter {
+                    tools_list_changed: true,
+                    prompts_list_changed: true,
+                    resources_list_changed: true,
+                    resource_subscriptions: subs,
+                };
+                let env = super::forward::envelope_for(session, None);
+                match open_listen(w, u, &us, &env, &filter).await {
+                    Ok(Some(c)) => {
+                        // A replaced listen stream's reader goes on until its upstream ends it;
+                        // its events are those of the old filter, still wanted or harmless.
+                        upstream::spawn_reader(c, u, tx.clone());
+                        a.live = Some(want);
+                        a.retry_at = None;
+                        a.listen_for = Some(listen_want);
+                    }
+                    Ok(None) => a.live = Some(want),
+                    Err(e) => {
+                        tracing::debug!(upstream = %w.upstream(u).name, error = %e, "upstream listen stream not available; retrying later");
+                        a.retry_at = Some(Instant::now() + Duration::from_secs(1));
+                    }
+                }
+                continue;
+            }
+            if a.live == Some(us.generation) {
+                continue;
+            }
+            // Taken over by a newer GET: attach nothing more (a late attach could reach the
+            // upstream after the newer stream's and take its place there, e.g. at an edge).
+            if session.state.lock().get_stream_gen != my_gen {
+                break;
+            }
+            // The same upstream session's stream broke, or this stream took over from an older
+            // one: resume where it was, so what the upstream sent meanwhile is not lost.
+            let resume_from = session.state.lock().upstream_get_ids[u]
+                .as_ref()
+                .filter(|(g, _)| *g == us.generation)
+                .map(|(_, id)| id.clone());
+            match upstream::get_stream(&w.pool, w.upstream(u), &us, resume_from.as_deref()).await {
+                Ok(Some(c)) => {
+                    upstream::spawn_reader(c, u, tx.clone());
+                    a.live = Some(us.generation);
+                    a.retry_at = None;
+                }
+                Ok(None) => a.live = Some(us.generation),
+                Err(e) => {
+                    tracing::debug!(upstream = %w.upstream(u).name, error = %e, "upstream GET stream not available; retrying later");
+                    a.retry_at = Some(Instant::now() + Duration::from_secs(1));
+                    if resume_from.is_some() {
+                        // Refused to resume: ask for a fresh stream next time.
+                        session.state.lock().upstream_get_ids[u] = None;
+                    }
+                }
+            }
+        }
+        let changed = session.changed.notified();
+        let msg = monoio::select! {
+            m = rx.recv() => m,
+            _ = changed => None,
+            _ = monoio::time::sleep(tick) => None,
+        };
+        match msg {
+            Some((u, ReaderMsg::Event(ev))) => {
+                // A 2026-07-28 upstream acknowledged the listen stream opened for a new set of
+                // subscriptions: a subscribe waiting for it may answer now.
+                if let Some(v) = attached[u].listen_for {
+                    if ev.data.contains(mcp_wire::modern::METHOD_SUBSCRIPTIONS_ACKNOWLEDGED) {
+                        attached[u].listen_for = None;
+                        let mut st = session.state.lock();
+                        st.listen_have = st.listen_have.max(v);
+                        drop(st);
+                        session.changed.notify_waiters();
+                    }
+                }
+                let generation = attached[u].live.unwrap_or(0);
+                if let Some(id) = &ev.id {
+                    session.state.lock().upstream_get_ids[u] = Some((generation, id.clone()));
+                }
+                // A listen stream's acknowledgement and end (a 2026-07-28 upstream) are the
+                // hub's business, not the client's.
+                let own = mcp_wire::peek(ev.data.as_bytes()).is_ok_and(|p| {
+                    p.kind == Kind::Response
+                        || p.method.as_deref()
+                            == Some(mcp_wire::modern::METHOD_SUBSCRIPTIONS_ACKNOWLEDGED)
+                });
+                if ev.has_data && !ev.data.is_empty() && !own {
+                    let (data, _) = relay_message(w, session, u, generation, &ev.data, None).await;
+                    em.emit(&data).await;
+                }
+            }
+            Some((u, ReaderMsg::End(_))) | Some((u, ReaderMsg::Failed(_))) => {
+                attached[u].live = None;
+                // Re-attached a second later, resuming from the last event id (nothing is lost).
+                attached[u].retry_at = Some(Instant::now() + Duration::from_secs(1));
+            }
+            None => {}
+        }
+        let mask = w.hub.up_mask();
+        if mask != seen_mask {
+            seen_mask = mask;
+            for note in [
+                method::TOOLS_LIST_CHANGED,
+                method::PROMPTS_LIST_CHANGED,
+                method::RESOURCES_LIST_CHANGED,
+            ] {
+                let mut data = br#"{"jsonrpc":"2.0","method":""#.to_vec();
+                data.extend_from_slice(note.as_bytes());
+                data.extend_from_slice(b"\"}");
+                em.emit(&data).await;
+            }
+        }
+        em.keepalive_if_idle(keepalive).await;
+    }
+    let _ = em.finish().await;
+}
+
+/// Replays a stream after `seq` (GET with `Last-Event-ID`) and follows it live until it ends.
+pub async fn resume(
+    w: &Rc<Worker>,
+    conn: &mut Conn,
+    session: &Arc<Session>,
+    stream: Arc<ReplayStream>,
+    mut seq: u64,
+) -> bool {
+    let _guard = metrics::StreamGuard::new(&w.hub.metrics.open_streams);
+    if conn.start_stream(200, &SSE_HEADERS).await.is_err() {
+        return false;
+    }
+    let keepalive = w.hub.snap.sse_keepalive;
+    let deadline = Instant::now() + w.hub.snap.session_ttl;
+    let mut last_write = Instant::now();
+    while Instant::now() < deadline && !session.is_closed() {
+        let notified = stream.notify.notified();
+        let mut notified = std::pin::pin!(notified);
+        notified.as_mut().enable();
+        for (s, frame) in stream.after(seq) {
+            if conn.write_chunk(&frame).await.is_err() {
+                return false;
+            }
+            seq = s;
+            last_write = Instant::now();
+        }
+        if stream.is_done() && stream.after(seq).is_empty() {
+            break;
+        }
+        monoio::select! {
+            _ = notified => {}
+            _ = monoio::time::sleep(keepalive) => {}
+        }
+        if last_write.elapsed() >= keepalive {
+            if conn.write_chunk(h1::SSE_KEEPALIVE).await.is_err() {
+                return false;
+            }
+            last_write = Instant::now();
+        }
+    }
+    conn.finish_stream().await.is_ok()
+}
+
+// === the 2026-07-28 era ===
+
+/// Writes one SSE event without an id (the modern era has no resumption).
+async fn write_event(conn: &mut Conn, buf: &mut Vec<u8>, data: &[u8]) -> bool {
+    buf.clear();
+    h1::encode_sse_event(buf, None, None, Some(data), None);
+    conn.write_chunk(buf).await.is_ok()
+}
+
+/// Relays an upstream SSE answer to a 2026-07-28 client's request: a modern upstream's events
+/// as they are; a legacy upstream's in the modern shape (log messages only when the request set
+/// `logLevel`, `list_changed` kept off request streams, `resultType` on the response, and a
+/// server→client request answered with an error, since this era has none). The client closing
+/// its stream is the cancellation: the relay stops and a legacy upstream gets
+/// `notifications/cancelled`.
+pub async fn modern_post_stream(
+    w: &Rc<Worker>,
+    conn: &mut Conn,
+    session: &Arc<Session>,
+    src: StreamSource,
+    log_level: bool,
+) -> bool {
+    let _guard = metrics::StreamGuard::new(&w.hub.metrics.open_streams);
+    let StreamSource {
+        upstream: u,
+        replica,
+        generation,
+        conn: up_conn,
+        client_id,
+        cancel,
+        modern,
+        request: _,
+    } = src;
+    let up = w.upstream(u);
+    let mut client_ok = conn.start_stream(200, &SSE_HEADERS).await.is_ok();
+    let deadline = Instant::now() + up.request_timeout;
+    let keepalive = w.hub.snap.sse_keepalive;
+    let (tx, mut rx) = mpsc::channel::<((), ReaderMsg)>(64);
+    upstream::spawn_reader(up_conn, (), tx);
+    let mut buf = Vec::with_capacity(1024);
+    let mut last_write = Instant::now();
+    let mut done = false;
+    let mut failure = String::new();
+    while client_ok {
+        let left = deadline.saturating_duration_since(Instant::now());
+        if left.is_zero() {
+            failure = format!(
+                "upstream '{}' did not answer within {:?}",
+                up.name, up.request_timeout
+            );
+            break;
+        }
+        let msg = monoio::select! {
+            m = rx.recv() => m,
+            _ = cancel.cancelled() => { done = true; break; }
+            _ = monoio::time::sleep(keepalive.min(left).min(Duration::from_millis(250))) => {
+                // Closing the stream is this era's cancel: notice it within a tick.
+                if conn.client_closed() {
+                    client_ok = false;
+                } else if last_write.elapsed() >= keepalive {
+                    client_ok = conn.write_chunk(h1::SSE_KEEPALIVE).await.is_ok();
+                    last_write = Instant::now();
+                }
+                continue;
+            }
+        };
+        let ev = match msg {
+            Some(((), ReaderMsg::Event(ev))) => ev,
+            Some(((), ReaderMsg::End(c))) => {
+                w.pool.put(up, replica, c);
+                failure = format!("upstream '{}' ended the stream without answering", up.name);
+                break;
+            }
+            Some(((), ReaderMsg::Failed(e))) => {
+                failure = format!("upstream '{}' stream failed: {e}", up.name);
+                break;
+            }
+            None => break,
+        };
+        if !ev.has_data || ev.data.is_empty() {
+            continue;
+        }
+        let data = ev.data.as_bytes();
+        let Ok(p) = mcp_wire::peek(data) else {
+            continue;
+        };
+        let out: Option<Bytes> = match p.kind {
+            Kind::Response if p.id == Some(&*client_id) => {
+                done = true;
+                Some(if modern {
+                    Bytes::copy_from_slice(data)
+                } else {
+                    let name = "";
+                    super::modern::modern_result(data, name)
+                })
+            }
+            Kind::Response => None,
+            Kind::Notification => {
+                let name = p.method.as_deref().unwrap_or("");
+                let kinds = ListKind::from_changed(name);
+                for k in kinds {
+                    w.hub.catalog.invalidate(u, *k);
+                }
+                let drop_it = !kinds.is_empty()
+                    || name == method::RESOURCES_UPDATED
+                    || (name == "notifications/message" && !log_level && !modern);
+                (!drop_it).then(|| Bytes::copy_from_slice(data))
+            }
+            Kind::Request if modern => None,
+            Kind::Request => {
+                // A legacy upstream asks the client something this era cannot carry as a
+                // request: it gets an error, the client sees the call's outcome.
+                let original = p.id.unwrap_or("null");
+                let pending = PendingRequest {
+                    upstream: u,
+                    original_id: original.into(),
+                    generation,
+                    created: Instant::now(),
+                };
+                let why = format!(
+                    "meshgate: the 2026-07-28 client cannot be sent {}",
+                    p.method.as_deref().unwrap_or("this request")
+                );
+                crate::hub::housekeeping::answer_upstream_with_error(w, session, &pending, &why)
+                    .await;
+                None
+            }
+        };
+        if let Some(out) = out {
+            client_ok = write_event(conn, &mut buf, &out).await;
+            last_write = Instant::now();
+        }
+        if done {
+            break;
+        }
+    }
+    session.state.lock().inflight.remove(&*client_id);
+    if !done && client_ok {
+        if failure.is_empty() {
+            failure = format!("upstream '{}' ended the stream without answering", up.name);
+        }
+        let err = error_object(
+            Some(&client_id),
+            mcp_wire::jsonrpc::code::INTERNAL_ERROR,
+            &failure,
+            None,
+        );
+        client_ok = write_event(conn, &mut buf, &err).await;
+    }
+    if !done && !client_ok && !modern {
+        // The client closed its stream: that is the cancel; tell the legacy upstream.
+        cancel_upstream(w, session, u, generation, &client_id).await;
+    }
+    client_ok && conn.finish_stream().await.is_ok()
+}
+
+/// Sends `notifications/cancelled` for `client_id` to upstream `u` (a 2026-07-28 client closed
+/// its stream, or went away).
+pub(crate) async fn cancel_upstream(
+    w: &Worker,
+    session: &Session,
+    u: usize,
+    generation: u64,
+    client_id: &str,
+) {
+    let us = session.state.lock().upstreams[u].clone();
+    let Some(us) = us.filter(|us| us.generation == generation) else {
+        return;
+    };
+    let mut body =
+        br#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"#.to_vec();
+    body.extend_from_slice(client_id.as_bytes());
+    body.extend_from_slice(br#","reason":"the client closed its stream"}}"#);
+    let up = w.upstream(u);
+    if let Err(e) = upstream::post(
+        &w.pool,
+        up,
+        us.replica,
+        Some(&us),
+        &body,
+        upstream::Resend::Safe,
+    )
+    .await
+    {
+        tracing::debug!(upstream = %up.name, error = %e, "cancelling upstream failed");
+    }
+}
+
+/// `subscriptions/listen` (2026-07-28): one long-lived stream for the client, acknowledged
+/// first, every notification tagged with the listen request's id, only the kinds the filter
+/// asked for. It is fed by the modern upstreams' own listen streams (opened with the same
+/// filter) and by the hub itself (`list_changed` when an upstream goes down or comes back).
+pub async fn listen(
+    w: &Rc<Worker>,
+    conn: &mut Conn,
+    session: &Arc<Session>,
+    id: &str,
+    filter: &mcp_wire::modern::ListenFilter,
+    capabilities: &str,
+    info: &str,
+) -> bool {
+    let _guard = metrics::StreamGuard::new(&w.hub.metrics.open_streams);
+    if conn.start_stream(200, &SSE_HEADERS).await.is_err() {
+        return false;
+    }
+    let mut buf = Vec::with_capacity(512);
+    // The hub can deliver every kind (it relays each upstream's and adds its own).
+    let ack = mcp_wire::modern::acknowledged(id, filter);
+    let mut client_ok = write_event(conn, &mut buf, &ack).await;
+    let n = w.hub.snap.upstreams.len();
+    let (tx, mut rx) = mpsc::channel::<(usize, ReaderMsg)>(64);
+    let env = crate::hub::lifecycle::envelope(capabilities, info);
+    let mut attached = vec![false; n];
+    let mut retry_at = vec![Instant::now(); n];
+    let keepalive = w.hub.snap.sse_keepalive;
+    let tick = keepalive.min(Duration::from_millis(250));
+    let mut last_write = Instant::now();
+    let mut seen_mask = w.hub.up_mask();
+    while client_ok && !session.is_closed() {
+        session.touch();
+        for u in 0..n {
+            if attached[u] || Instant::now() < retry_at[u] || !w.hub.is_up(u) {
+                continue;
+            }
+            let Ok(us) = super::affinity::upstream_session(w, session, u).await else {
+                retry_at[u] = Instant::now() + Duration::from_secs(1);
+                continue;
+            };
+            if !us.is_modern() {
+                // A legacy upstream's notifications come on a session GET stream, which this
+                // stream does not merge (yet): only the hub's own list_changed reaches it.
+                attached[u] = true;
+                continue;
+            }
+            match open_listen(w, u, &us, &env, filter).await {
+                Ok(Some(c)) => {
+                    upstream::spawn_reader(c, u, tx.clone());
+                    attached[u] = true;
+                }
+                Ok(None) => attached[u] = true,
+                Err(e) => {
+                    tracing::debug!(upstream = %w.upstream(u).name, error = %e, "upstream listen stream not opened; retrying later");
+                    retry_at[u] = Instant::now() + Duration::from_secs(1);
+                }
+            }
+        }
+        let msg = monoio::select! {
+            m = rx.recv() => m,
+            _ = monoio::time::sleep(tick) => None,
+        };
+        match msg {
+            Some((u, ReaderMsg::Event(ev))) if ev.has_data && !ev.data.is_empty() => {
+                if let Ok(p) = mcp_wire::peek(ev.data.as_bytes()) {
+                    let name = p.method.as_deref().unwrap_or("");
+                    for k in ListKind::from_changed(name) {
+                        w.hub.catalog.invalidate(u, *k);
+                    }
+                    if p.kind == Kind::Notification
+                        && name != mcp_wire::modern::METHOD_SUBSCRIPTIONS_ACKNOWLEDGED
+                        && filter.allows(name, p.uri.as_deref())
+                    {
+                        if let Ok(tagged) =
+                            mcp_wire::modern::tag_subscription(ev.data.as_bytes(), id)
+                        {
+                            client_ok = write_event(conn, &mut buf, &tagged).await;
+                            last_write = Instant::now();
+                        }
+                    }
+                }
+            }
+            Some((_, ReaderMsg::Event(_))) => {}
+            Some((u, ReaderMsg::End(_) | ReaderMsg::Failed(_))) => {
+                attached[u] = false;
+                retry_at[u] = Instant::now() + Duration::from_secs(1);
+            }
+            None => {}
+        }
+        let mask = w.hub.up_mask();
+        if mask != seen_mask {
+            seen_mask = mask;
+            for note in [
+                method::TOOLS_LIST_CHANGED,
+                method::PROMPTS_LIST_CHANGED,
+                method::RESOURCES_LIST_CHANGED,
+            ] {
+                if !filter.allows(note, None) {
+                    continue;
+                }
+                let mut data = br#"{"jsonrpc":"2.0","method":""#.to_vec();
+                data.extend_from_slice(note.as_bytes());
+                data.extend_from_slice(b"\"}");
+                if let Ok(tagged) = mcp_wire::modern::tag_subscription(&data, id) {
+                    client_ok = write_event(conn, &mut buf, &tagged).await;
+                    last_write = Instant::now();
+                }
+            }
+        }
+        if conn.client_closed() {
+            client_ok = false;
+        } else if client_ok && last_write.elapsed() >= keepalive {
+            client_ok = conn.write_chunk(h1::SSE_KEEPALIVE).await.is_ok();
+            last_write = Instant::now();
+        }
+    }
+    client_ok && conn.finish_stream().await.is_ok()
+}
+
+/// Opens a 2026-07-28 upstream's `subscriptions/listen` stream with `filter`; `Ok(None)` when
+/// it answers without a stream.
+async fn open_listen(
+    w: &Worker,
+    u: usize,
+    us: &crate::session::UpstreamSession,
+    env: &str,
+    filter: &mcp_wire::modern::ListenFilter,
+) -> Result<Option<h1::ClientConn>, crate::upstream::UpstreamError> {
+    let mut body =
+        br#"{"jsonrpc":"2.0","id":"mg-listen","method":"subscriptions/listen","params":{"_meta":"#
+            .to_vec();
+    body.extend_from_slice(env.as_bytes());
+    body.extend_from_slice(b",\"notifications\":");
+    body.extend_from_slice(listen_filter_json(filter).as_bytes());
+    body.extend_from_slice(b"}}");
+    let reply = upstream::post(
+        &w.pool,
+        w.upstream(u),
+        us.replica,
+        Some(us),
+        &body,
+        upstream::Resend::Safe,
+    )
+    .await?;
+    match reply {
+        upstream::Reply::Stream { conn, .. } => Ok(Some(conn)),
+        _ => Ok(None),
+    }
+}
+
+/// The `notifications` filter as JSON (what the hub asks its modern upstreams for).
+fn listen_filter_json(f: &mcp_wire::modern::ListenFilter) -> String {
+    serde_json::json!({
+        "toolsListChanged": f.tools_list_changed,
+        "promptsListChanged": f.prompts_list_changed,
+        "resourcesListChanged": f.resources_list_changed,
+        "resourceSubscriptions": f.resource_subscriptions,
+    })
+    .to_string()
+}
+
+// === a legacy client and a 2026-07-28 upstream: input rounds ===
+
+/// Whether a JSON-RPC response is an `input_required` result.
+pub fn is_input_required(response: &[u8]) -> bool {
+    mcp_wire::modern::result_span(response)
+        .ok()
+        .flatten()
+        .and_then(|r| std::str::from_utf8(&response[r]).ok().map(str::to_string))
+        .is_some_and(|r| {
+            matches!(
+                mcp_wire::modern::peek_result_shape(&r),
+                Ok(mcp_wire::modern::ResultShape::InputRequired { .. })
+            )
+        })
+}
+
+/// Answers the `input_required` result `first` for a legacy client (whose session has no MRTR):
+/// each of its `inputRequests` goes to the client as a server→client request on this stream;
+/// with every answer in, the request is retried upstream with `inputResponses` and the
+/// upstream's `requestState` echoed; repeated while the upstream asks again (at most 8 rounds).
+/// Returns the final response to send under the client's id.
+pub async fn input_rounds(
+    w: &Rc<Worker>,
+    em: &mut Emitter<'_>,
+    session: &Arc<Session>,
+    u: usize,
+    request: &Bytes,
+    client_id: &str,
+    first: Bytes,
+) -> Bytes {
+    use serde_json::value::RawValue;
+    let fail = |why: String| {
+        Bytes::from(error_object(
+            Some(client_id),
+            mcp_wire::jsonrpc::code::INTERNAL_ERROR,
+            &why,
+            None,
+        ))
+    };
+    let up = w.upstream(u);
+    let mut current = first;
+    for _round in 0..8 {
+        if !is_input_required(&current) {
+            return current;
+        }
+        #[derive(serde::Deserialize)]
+        struct Resp<'a> {
+            #[serde(borrow)]
+            result: InputRequired<'a>,
+        }
+        #[derive(serde::Deserialize)]
+        struct InputRequired<'a> {
+            #[serde(borrow, rename = "inputRequests", default)]
+            input_requests: Option<std::collections::BTreeMap<String, &'a RawValue>>,
+            #[serde(borrow, rename = "requestState", default)]
+            request_state: Option<&'a RawValue>,
+        }
+        let Ok(resp) = serde_json::from_slice::<Resp<'_>>(&current) else {
+            return fail(format!("upstream '{}' sent an unreadable input_required result", up.name));
+        };
+        let mut responses: Vec<(String, Bytes)> = Vec::new();
+        let mut waiting = Vec::new();
+        for (key, req) in resp.result.input_requests.unwrap_or_default() {
+            // `{method, params}` as a JSON-RPC request under a hub-minted id.
+            let (id, rx) = session.mint_waiter();
+            let mut msg = br#"{"jsonrpc":"2.0","id":"#.to_vec();
+            msg.extend_from_slice(id.as_bytes());
+            msg.push(b',');
+            let inner = req.get().trim();
+            msg.extend_from_slice(inner.get(1..).unwrap_or("}").as_bytes());
+            em.emit(&msg).await;
+            waiting.push((key, rx));
+        }
+        for (key, rx) in waiting {
+            let answer = monoio::time::timeout(w.hub.snap.pending_timeout, rx).await;
+            let Ok(Ok(answer)) = answer else {
+                return fail(format!(
+                    "the client did not answer the input request {key:?} of upstream '{}'",
+                    up.name
+                ));
+            };
+            // The client's JSON-RPC response: its `result` is the input response.
+            let result = mcp_wire::modern::result_span(&answer).ok().flatten();
+            match result {
+                Some(r) => responses.push((key, answer.slice(r))),
+                None => {
+                    return fail(format!(
+                        "the client refused the input request {key:?} of upstream '{}'",
+                        up.name
+                    ))
+                }
+            }
+        }
+        // The retry: the same request, with inputResponses and the upstream's requestState.
+        let mut members = String::from("\"inputResponses\":{");
+        for (i, (key, value)) in responses.iter().enumerate() {
+            if i > 0 {
+                members.push(',');
+            }
+            let mut k = Vec::new();
+            mcp_wire::jsonrpc::push_json_str(&mut k, key);
+            members.push_str(&String::from_utf8_lossy(&k));
+            members.push(':');
+            members.push_str(&String::from_utf8_lossy(value));
+        }
+        members.push('}');
+        if let Some(state) = resp.result.request_state {
+            members.push_str(",\"requestState\":");
+            members.push_str(state.get());
+        }
+        let Some(retry) = super::forward::with_params(request, &members) else {
+            return fail("the request could not be retried".into());
+        };
+        let level = session.state.lock().log_level.clone();
+        let env = super::forward::envelope_for(session, level.as_deref());
+        let Some(retry) = super::forward::with_envelope(&retry, &env) else {
+            return fail("the request could not be retried".into());
+        };
+        let us = session.state.lock().upstreams[u].clone();
+        let Some(us) = us else {
+            return fail(format!("upstream '{}' session is gone", up.name));
+        };
+        current = match upstream::post(&w.pool, up, us.replica, Some(&us), &retry, upstream::Resend::IfUnsent).await {
+            Ok(upstream::Reply::Json { body, .. }) => body,
+            Ok(upstream::Reply::Stream { conn, .. }) => {
+                match collect_response(w, em, session, u, us.generation, conn, client_id).await {
+                    Some(b) => b,
+                    None => return fail(format!("upstream '{}' ended the stream without answering", up.name)),
+                }
+            }
+            Ok(upstream::Reply::Status(s)) => return fail(format!("upstream '{}' answered HTTP {s}", up.name)),
+            Err(e) => return fail(format!("upstream '{}' failed: {e}", up.name)),
+        };
+    }
+    fail(format!("upstream '{}' asked for input more than 8 times", up.name))
+}
+
+/// A legacy client's answer that starts with an upstream's `input_required` JSON result: an SSE
+/// stream carrying the input rounds and then the final response.
+pub async fn input_stream(
+    w: &Rc<Worker>,
+    conn: &mut Conn,
+    session: &Arc<Session>,
+    u: usize,
+    request: &Bytes,
+    client_id: &str,
+    first: Bytes,
+) -> bool {
+    let _guard = metrics::StreamGuard::new(&w.hub.metrics.open_streams);
+    let mut em = Emitter::start(w, conn, session, false).await;
+    em.prime(session.version).await;
+    let fin = input_rounds(w, &mut em, session, u, request, client_id, first).await;
+    em.emit(&fin).await;
+    session.state.lock().inflight.remove(client_id);
+    em.finish().await
+}
+
+/// Reads an upstream SSE answer to its response, relaying its notifications to `em`.
+async fn collect_response(
+    w: &Rc<Worker>,
+    em: &mut Emitter<'_>,
+    session: &Arc<Session>,
+    u: usize,
+    generation: u64,
+    conn: h1::ClientConn,
+    client_id: &str,
+) -> Option<Bytes> {
+    let up = w.upstream(u);
+    let (tx, mut rx) = mpsc::channel::<((), ReaderMsg)>(64);
+    upstream::spawn_reader(conn, (), tx);
+    let deadline = Instant::now() + up.request_timeout;
+    loop {
+        let left = deadline.saturating_duration_since(Instant::now());
+        let msg = monoio::time::timeout(left, rx.recv()).await.ok().flatten()?;
+        match msg {
+            ((), ReaderMsg::Event(ev)) if ev.has_data && !ev.data.is_empty() => {
+                let (data, is_final) =
+                    relay_message(w, session, u, generation, &ev.data, Some(client_id)).await;
+                if is_final {
+                    return Some(data);
+                }
+                em.emit(&data).await;
+            }
+            ((), ReaderMsg::Event(_)) => {}
+            ((), ReaderMsg::End(_) | ReaderMsg::Failed(_)) => return None,
+        }
+    }
+}
