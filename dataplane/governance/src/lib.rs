@@ -91,6 +91,24 @@ mod tests {
     use super::*;
 
     #[test]
+    fn everything_workers_share_is_send_and_sync() {
+        fn shared<T: Send + Sync>() {}
+        shared::<identity::Authenticator>();
+        shared::<principal::Principal>();
+        shared::<policy::CompiledPolicy>();
+        shared::<policy::ToolTable>();
+        shared::<policy::RateLimiter>();
+        shared::<policy::LoopGuard>();
+        shared::<schema::SchemaCache>();
+        shared::<audit::AuditLog>();
+        shared::<approval::ApprovalRegistry>();
+        shared::<credentials::Credentials>();
+        shared::<assertion::AssertionSigner>();
+        shared::<redact::Redactor>();
+        shared::<net::NetRuntime>();
+    }
+
+    #[test]
     fn a_whole_governance_config_parses_and_unknown_fields_are_named() {
         let c: GovernanceConfig = serde_json::from_value(serde_json::json!({
             "auth": {"resource": "https://gw.example.com/mcp",
