@@ -57,6 +57,51 @@ pub struct ApprovalRequest {
     pub expires_at: u64,
 }
 
+impl ApprovalRequest {
+    /// The request for a call held by `rule`: arguments masked per `rule.redact_arguments`,
+    /// `expires_at` from `rule.approval_timeout`, the reason naming the rule.
+    pub fn for_call(
+        hub: &str,
+        upstream: &str,
+        tool: &str,
+        arguments: &serde_json::Value,
+        principal: &crate::principal::Principal,
+        rule: &crate::policy::ToolRule,
+    ) -> Self {
+        let now = now_ms();
+        let reason = match &rule.classification {
+            Some(c) => format!("policy rule `{}` ({c}) requires approval", rule.pattern),
+            None => format!("policy rule `{}` requires approval", rule.pattern),
+        };
+        ApprovalRequest {
+            id: String::new(),
+            hub: hub.to_string(),
+            tool: tool.to_string(),
+            upstream: upstream.to_string(),
+            arguments: crate::redact::redact_arguments(
+                arguments,
+                &rule.redact_arguments,
+                "[REDACTED]",
+            ),
+            principal: principal.binding().to_string(),
+            reason,
+            approval_group: rule.approval_group.as_deref().map(str::to_string),
+            created_at: now,
+            expires_at: now.saturating_add(rule.approval_timeout.as_millis() as u64),
+        }
+    }
+}
+
+impl From<ApprovalOutcome> for crate::audit::AuditKind {
+    fn from(o: ApprovalOutcome) -> Self {
+        match o {
+            ApprovalOutcome::Approved => crate::audit::AuditKind::ApprovalApproved,
+            ApprovalOutcome::Rejected => crate::audit::AuditKind::ApprovalRejected,
+            ApprovalOutcome::Expired => crate::audit::AuditKind::ApprovalExpired,
+        }
+    }
+}
+
 /// How an approval ended.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Hash, Serialize, Deserialize)]
 #[serde(rename_all = "snake_case")]
@@ -425,6 +470,37 @@ mod tests {
             decided_at: 0,
         });
         assert_eq!(again, Err(ApprovalError::NotFound(a)));
+    }
+
+    #[test]
+    fn requests_for_calls_mask_arguments() {
+        let cfg: crate::policy::PolicyConfig = serde_json::from_value(serde_json::json!({"tools": [
+            {"match": "payments/*", "requires_approval": true, "approval_group": "finance",
+             "approval_timeout": "2m", "classification": "restricted", "redact_arguments": ["/card"]}
+        ]}))
+        .unwrap();
+        let p = crate::policy::CompiledPolicy::compile(&cfg).unwrap();
+        let rule = p.rule_for("payments", "pay");
+        let alice = crate::principal::Principal::jwt("i", "alice", [""; 0], [""; 0], None);
+        let r = ApprovalRequest::for_call(
+            "hub-a",
+            "payments",
+            "pay",
+            &serde_json::json!({"card": "4111", "amount": 5}),
+            &alice,
+            rule,
+        );
+        assert_eq!(
+            r.arguments,
+            serde_json::json!({"card": "[REDACTED]", "amount": 5})
+        );
+        assert_eq!(r.expires_at - r.created_at, 120_000);
+        assert_eq!(r.approval_group.as_deref(), Some("finance"));
+        assert!(r.reason.contains("restricted"));
+        assert_eq!(
+            crate::audit::AuditKind::from(ApprovalOutcome::Expired),
+            crate::audit::AuditKind::ApprovalExpired
+        );
     }
 
     #[test]

@@ -16,6 +16,7 @@ fn setup() -> Log {
         queue: 1024,
         on_failure: FailMode::Closed,
         fsync: false,
+        sign_every: 1,
     };
     Log {
         _dir: dir,
@@ -231,4 +232,54 @@ fn a_full_queue_is_counted_and_refused_in_closed_mode() {
         "every refused record is accounted for in a gap record"
     );
     assert_eq!(s.records, 1 + (10_000 - refused) + s.notices.len() as u64);
+}
+
+#[test]
+fn sign_every_n_keeps_every_check() {
+    let mut l = setup();
+    l.cfg.sign_every = 4;
+    write(&l, 30);
+    let ls = lines(&l);
+    let signed = ls
+        .iter()
+        .filter(|x| x.windows(7).any(|w| w == b"\"sig\":\""))
+        .count();
+    assert!(signed < ls.len(), "{signed} of {} signed", ls.len());
+    assert!(signed >= ls.len() / 4);
+    let s = verify(&l.cfg.path, &l.key.verifying_key()).unwrap();
+    assert_eq!(s.records, 31);
+    // Change an unsigned record: the chain breaks at the next record.
+    let i = ls
+        .iter()
+        .position(|x| {
+            !x.windows(7).any(|w| w == b"\"sig\":\"") && x.windows(4).any(|w| w == b"tool")
+        })
+        .unwrap();
+    let mut bad = ls.clone();
+    let pos = bad[i].windows(4).position(|w| w == b"tool").unwrap();
+    bad[i][pos] = b'T';
+    put(&l, &bad);
+    assert!(matches!(
+        verify(&l.cfg.path, &l.key.verifying_key()),
+        Err(VerifyError::BadRecord { line, .. }) if line == i as u64 + 2
+    ));
+    // An unsigned record forged after the head is not covered by anything.
+    let mut extra = ls.clone();
+    let last: serde_json::Value = serde_json::from_slice(ls.last().unwrap()).unwrap();
+    let forged = serde_json::json!({"seq": last["seq"].as_u64().unwrap() + 1, "kind": "tool_call",
+        "prev": hex::encode(Sha256::digest(ls.last().unwrap()))});
+    extra.push(serde_json::to_vec(&forged).unwrap());
+    put(&l, &extra);
+    assert!(matches!(
+        verify(&l.cfg.path, &l.key.verifying_key()),
+        Err(VerifyError::BadRecord { line: 32, .. })
+    ));
+    // Tail truncation is still caught by the head.
+    let mut cut = ls.clone();
+    cut.truncate(20);
+    put(&l, &cut);
+    assert!(matches!(
+        verify(&l.cfg.path, &l.key.verifying_key()),
+        Err(VerifyError::Truncated { .. })
+    ));
 }

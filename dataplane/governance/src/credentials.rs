@@ -350,7 +350,7 @@ enum Source {
     },
     Exchange {
         ep: Arc<Endpoint>,
-        cfg: TokenExchangeConfig,
+        cfg: Box<TokenExchangeConfig>,
         slots: DashMap<Arc<str>, Arc<Mutex<Slot>>>,
     },
 }
@@ -524,7 +524,7 @@ impl Credentials {
                 )?;
                 Source::Exchange {
                     ep: Arc::new(ep),
-                    cfg: x.clone(),
+                    cfg: Box::new(x.clone()),
                     slots: DashMap::new(),
                 }
             } else {
@@ -604,7 +604,7 @@ impl Credentials {
                 if slots.len() > 100_000 {
                     slots.clear();
                 }
-                let cfg = cfg.clone();
+                let cfg = cfg.as_ref().clone();
                 let t = self
                     .token(&slot, ep.clone(), move || {
                         let mut f = vec![

@@ -714,6 +714,8 @@ impl Authenticator {
     ///
     /// # Errors
     /// The last fetch error, or "timed out".
+    // Startup only, on the hub's main thread (documented above): sleeping there blocks nothing.
+    #[allow(clippy::disallowed_methods)]
     pub fn wait_ready(&self, timeout: Duration) -> Result<(), String> {
         let deadline = Instant::now() + timeout;
         while Instant::now() < deadline {
@@ -752,7 +754,11 @@ impl Authenticator {
                     }
                 }
             }
-            *last = Some(Instant::now());
+            // Only refreshes triggered by unknown kids count against the rate limit, so a
+            // periodic refresh never delays picking up a rotated key.
+            if !periodic {
+                *last = Some(Instant::now());
+            }
             j.jwks.in_flight.store(true, Ordering::Release);
         }
         self.inner

@@ -12,6 +12,10 @@
 //! response bodies capped, `https` with the webpki roots (plus an optional extra CA file),
 //! plain `http` only where the caller allows it (loopback in tests).
 
+// `tokio::spawn` is banned under dataplane/ because workers run monoio; this module runs on its
+// own dedicated tokio thread, where spawning the connection driver onto that runtime is right.
+#![allow(clippy::disallowed_methods)]
+
 use std::future::Future;
 use std::path::Path;
 use std::sync::Arc;

@@ -3,7 +3,7 @@
 //! Produced by [`crate::identity::Authenticator`] (a validated JWT, a static API key, or the
 //! anonymous principal of a loopback-only `auth: none` hub) and read by every later stage:
 //! `session` binds sessions to [`Principal::binding`], `policy` derives the visibility class from
-//! its roles and scopes, `audit` records [`Principal::id`]. A `Principal` is an `Arc` inside, so
+//! its roles and scopes, `audit` records [`PrincipalData::id`]. A `Principal` is an `Arc` inside, so
 //! cloning one per request is a reference-count increment; it is `Send + Sync` and immutable.
 
 use std::fmt;

@@ -20,6 +20,9 @@
 //!
 //! Prints `LISTENING http://127.0.0.1:PORT` on stdout when ready.
 
+// A plain tokio program (not a hub worker): the dataplane's monoio-only bans do not apply.
+#![allow(clippy::disallowed_methods)]
+
 use std::collections::HashMap;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicU64, Ordering};
