@@ -117,6 +117,7 @@ mod tests {
             queue: 1024,
             on_failure: FailMode::Closed,
             fsync: false,
+            sign_every: 1,
         };
         let log = AuditLog::open(&cfg, "hub-a", key.clone()).unwrap();
         for i in 0..n {

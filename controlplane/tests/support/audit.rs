@@ -18,6 +18,7 @@ pub fn hub_lines(
         queue: 4096,
         on_failure: FailMode::Closed,
         fsync: false,
+        sign_every: 1,
     };
     let log = AuditLog::open(&cfg, hub, key.clone()).expect("audit log");
     for r in records {
