@@ -395,3 +395,16 @@ pub fn cached_retry_safe(w: &Worker, session: &Session, u: usize, name: &str) ->
         .cached(u, ListKind::Tools, session.caps_class)
         .map(|l| l.retry_safe(name))
 }
+
+/// Tool `name` of upstream `u`'s `inputSchema` as `session`'s client sees the list, and a
+/// version of it (the list copy it came from: a new copy is a new version).
+pub async fn tool_schema(
+    w: &Worker,
+    session: &Arc<Session>,
+    u: usize,
+    name: &str,
+) -> Option<(Arc<serde_json::Value>, u64)> {
+    let list = upstream_list(w, session, u, ListKind::Tools).await.ok()?;
+    let schema = list.input_schema(name)?;
+    Some((schema, Arc::as_ptr(&list) as usize as u64))
+}

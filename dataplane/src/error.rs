@@ -58,11 +58,16 @@ pub enum ErrorKind {
     UpstreamProtocol,
     /// A bug or resource exhaustion in the hub.
     Internal,
+    /// Authentication failed: 401 (missing/invalid token, with `WWW-Authenticate`), 403
+    /// (`insufficient_scope`), 431 (a token too large), 503 (token keys not available).
+    Unauthorized(u16),
+    /// The principal's rate limit: HTTP 429 with `Retry-After`.
+    TooManyRequests,
     /// A 2026-07-28 request refused for what the modern era requires: header/body mismatch
     /// (`-32020`), a capability the client did not declare (`-32021`), an unsupported version
     /// (`-32022`), a bad `_meta` envelope (`-32602`), an unknown or removed method (404
     /// `-32601`); each with the HTTP status the spec pairs with it.
-    Modern(mcp_wire::modern::ModernError),
+    Modern(Box<mcp_wire::modern::ModernError>),
 }
 
 /// An error with the request id it belongs to and a human reason.
@@ -77,6 +82,8 @@ pub struct ProxyError {
     /// Rendered for a 2026-07-28 client: an unknown method is HTTP 404, resource-not-found is
     /// `-32602` (the legacy `-32002` is gone).
     pub modern: bool,
+    /// A header the reply carries (`WWW-Authenticate`, `Retry-After`).
+    pub header: Option<Box<(&'static str, String)>>,
 }
 
 impl ProxyError {
@@ -87,6 +94,7 @@ impl ProxyError {
             id: None,
             message: message.into(),
             modern: false,
+            header: None,
         }
     }
 
@@ -94,10 +102,11 @@ impl ProxyError {
     pub fn modern(e: mcp_wire::modern::ModernError) -> Self {
         let message = e.to_string();
         Self {
-            kind: ErrorKind::Modern(e),
+            kind: ErrorKind::Modern(Box::new(e)),
             id: None,
             message,
             modern: true,
+            header: None,
         }
     }
 
@@ -119,6 +128,8 @@ impl ProxyError {
     pub fn status(&self) -> u16 {
         match &self.kind {
             ErrorKind::Modern(m) => m.http_status(),
+            ErrorKind::Unauthorized(s) => *s,
+            ErrorKind::TooManyRequests => 429,
             ErrorKind::MethodNotFound if self.modern => 404,
             ErrorKind::BadOrigin | ErrorKind::BadHost => 403,
             ErrorKind::NotAcceptable => 406,
@@ -145,6 +156,8 @@ impl ProxyError {
     pub fn code(&self) -> Option<i32> {
         match &self.kind {
             ErrorKind::Modern(m) => Some(m.code()),
+            ErrorKind::Unauthorized(_) => None,
+            ErrorKind::TooManyRequests => Some(code::INTERNAL_ERROR),
             ErrorKind::ResourceNotFound if self.modern => Some(code::INVALID_PARAMS),
             ErrorKind::UnknownSession | ErrorKind::MethodNotAllowed => None,
             ErrorKind::BadOrigin
@@ -170,6 +183,8 @@ impl ProxyError {
     pub fn source(&self) -> ErrorSource {
         match &self.kind {
             ErrorKind::Modern(_)
+            | ErrorKind::Unauthorized(_)
+            | ErrorKind::TooManyRequests
             | ErrorKind::BadOrigin
             | ErrorKind::BadHost
             | ErrorKind::NotAcceptable
@@ -195,7 +210,8 @@ impl ProxyError {
     /// Whether the client may simply retry the same request.
     pub fn retryable(&self) -> bool {
         match &self.kind {
-            ErrorKind::Modern(_) => false,
+            ErrorKind::Modern(_) | ErrorKind::Unauthorized(_) => false,
+            ErrorKind::TooManyRequests => true,
             ErrorKind::UpstreamUnavailable
             | ErrorKind::UpstreamTimeout
             | ErrorKind::UpstreamSessionLost

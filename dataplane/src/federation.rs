@@ -120,6 +120,8 @@ pub struct UpstreamList {
     retry_safe: std::collections::HashSet<Arc<str>>,
     /// The upstream's caching hints for this list (2026-07-28 upstreams; `None` for legacy).
     pub hints: Option<mcp_wire::modern::CacheHints>,
+    /// Each tool's `inputSchema`, parsed once when first needed (argument validation).
+    schemas: std::sync::OnceLock<HashMap<Arc<str>, Arc<serde_json::Value>>>,
 }
 
 impl UpstreamList {
@@ -138,7 +140,27 @@ impl UpstreamList {
             items,
             retry_safe,
             hints: None,
+            schemas: std::sync::OnceLock::new(),
         }
+    }
+
+    /// For a tools list: the `inputSchema` of tool `name` (its original name).
+    pub fn input_schema(&self, name: &str) -> Option<Arc<serde_json::Value>> {
+        #[derive(Deserialize)]
+        struct Tool {
+            #[serde(rename = "inputSchema")]
+            input_schema: Option<serde_json::Value>,
+        }
+        let all = self.schemas.get_or_init(|| {
+            self.items
+                .iter()
+                .filter_map(|i| {
+                    let t: Tool = serde_json::from_str(i.raw.get()).ok()?;
+                    Some((i.key.clone(), Arc::new(t.input_schema?)))
+                })
+                .collect()
+        });
+        all.get(name).cloned()
     }
 
     /// For a tools list: whether the tool `name` (its original name) declares

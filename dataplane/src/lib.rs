@@ -44,6 +44,7 @@ pub mod demo;
 pub mod edge;
 pub mod error;
 pub mod federation;
+pub mod gov;
 pub mod hub;
 pub mod metrics;
 pub mod persist;
@@ -111,6 +112,14 @@ pub fn start(snap: config::Snapshot) -> std::io::Result<Running> {
         hub.metrics.set_store_up(st.status().up);
     }
     *hub.bound.lock() = Some(addr);
+    if let Some(g) = &hub.snap.governance {
+        let id = hub
+            .cluster
+            .as_ref()
+            .map_or_else(|| addr.to_string(), |c| c.me().to_string());
+        let gov = gov::Gov::build(g, addr, &id).map_err(std::io::Error::other)?;
+        let _ = hub.gov.set(gov);
+    }
     #[cfg(feature = "edge")]
     let edge_addr = match (bridge, &hub.snap.edge) {
         (Some(b), Some(settings)) => Some(edge::start(hub.clone(), settings, b)?),

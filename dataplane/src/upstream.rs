@@ -239,8 +239,8 @@ fn header_list<'a>(
     us: Option<&'a UpstreamSession>,
     accept: &'a [u8],
     extra: &[(&'a str, &'a [u8])],
-) -> ([(&'a str, &'a [u8]); 8], usize) {
-    let mut h: [(&str, &[u8]); 8] = [("", b""); 8];
+) -> ([(&'a str, &'a [u8]); 12], usize) {
+    let mut h: [(&str, &[u8]); 12] = [("", b""); 12];
     let mut n = 0;
     h[n] = ("Accept", accept);
     n += 1;
@@ -348,13 +348,34 @@ pub async fn post(
     body: &[u8],
     resend: Resend<'_>,
 ) -> Result<Reply, UpstreamError> {
+    post_with(pool, up, r, us, body, resend, &[]).await
+}
+
+/// As [`post`], with `headers` added: the upstream credentials and the hub-signed user
+/// assertion of the `forward` stage (at most 4).
+///
+/// # Errors
+/// As [`post`].
+pub async fn post_with(
+    pool: &Pool,
+    up: &Upstream,
+    r: usize,
+    us: Option<&UpstreamSession>,
+    body: &[u8],
+    resend: Resend<'_>,
+    headers: &[(&str, &[u8])],
+) -> Result<Reply, UpstreamError> {
     let fut = async {
         let (method, name) = match us {
             Some(us) if us.is_modern() => modern_headers(body),
             _ => (None, None),
         };
-        let mut extra: [(&str, &[u8]); 2] = [("", b""); 2];
+        let mut extra: [(&str, &[u8]); 6] = [("", b""); 6];
         let mut k = 0;
+        for hd in headers.iter().take(4) {
+            extra[k] = *hd;
+            k += 1;
+        }
         if let Some(m) = &method {
             extra[k] = ("Mcp-Method", m.as_bytes());
             k += 1;

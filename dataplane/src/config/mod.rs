@@ -7,6 +7,6 @@ pub mod snapshot;
 
 pub use raw::{ClusterConfig, EdgeConfig, HubConfig, StoreConfig, UpstreamConfig};
 pub use snapshot::{
-    ConfigError, Driver, EdgeSettings, EraCell, Replica, ResolvedAddr, Snapshot, Upstream,
-    UpstreamName,
+    ConfigError, Driver, EdgeSettings, EraCell, GovSettings, Replica, ResolvedAddr, Snapshot,
+    Upstream, UpstreamName,
 };

@@ -86,6 +86,37 @@ pub struct HubConfig {
     /// Where sessions are kept for takeover by another replica (absent = memory only).
     #[serde(default)]
     pub store: Option<StoreConfig>,
+    /// Who may call: `none` (only when bound to loopback) or bearer JWTs / API keys. Absent:
+    /// no governance at all (every caller anonymous, every tool allowed).
+    #[serde(default)]
+    pub auth: Option<governance::identity::AuthConfig>,
+    /// Tool policy: visibility by role/scope, approvals, limits, redaction.
+    #[serde(default)]
+    pub policy: Option<governance::policy::PolicyConfig>,
+    /// Argument validation against each tool's `inputSchema`.
+    #[serde(default)]
+    pub schema: Option<governance::schema::SchemaConfig>,
+    /// The signed, hash-chained audit log.
+    #[serde(default)]
+    pub audit: Option<governance::audit::AuditConfig>,
+    /// The hub-signed user assertion sent upstream.
+    #[serde(default)]
+    pub assertion: Option<governance::assertion::AssertionConfig>,
+    /// Per-upstream credentials (static secret header, client credentials, token exchange).
+    #[serde(default)]
+    pub credentials: Option<governance::credentials::CredentialsConfig>,
+    /// The hub's admin endpoints (`/admin/approvals`).
+    #[serde(default)]
+    pub admin: Option<AdminConfig>,
+}
+
+/// The hub's own admin endpoints.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct AdminConfig {
+    /// SHA-256 hashes of the admin API keys (`meshgate hash-key KEY` prints one).
+    #[serde(default)]
+    pub api_keys: Vec<String>,
 }
 
 /// Hub replicas: who the others are and how to reach the owner of a session.

@@ -360,6 +360,27 @@ pub struct Snapshot {
     pub cluster: Option<crate::cluster::ClusterSettings>,
     /// The shared session store, if configured (`None` = sessions live in memory only).
     pub store: Option<crate::store::StoreConfig>,
+    /// Identity, policy, audit and credentials (`None` = no governance configured).
+    pub governance: Option<GovSettings>,
+}
+
+/// The governance sections of the config, as given (built into [`crate::gov::Gov`] at start).
+#[derive(Debug, Clone, Default)]
+pub struct GovSettings {
+    /// `auth:`.
+    pub auth: Option<governance::identity::AuthConfig>,
+    /// `policy:`.
+    pub policy: Option<governance::policy::PolicyConfig>,
+    /// `schema:`.
+    pub schema: Option<governance::schema::SchemaConfig>,
+    /// `audit:`.
+    pub audit: Option<governance::audit::AuditConfig>,
+    /// `assertion:`.
+    pub assertion: Option<governance::assertion::AssertionConfig>,
+    /// `credentials:`.
+    pub credentials: Option<governance::credentials::CredentialsConfig>,
+    /// `admin.api_keys`.
+    pub admin_keys: Vec<String>,
 }
 
 /// Whether `s` is a legal MCP name: 1–128 chars of `[A-Za-z0-9_.-]`.
@@ -411,6 +432,43 @@ fn parse_http_url(field: &str, url: &str) -> Result<(SocketAddr, String, String)
         .next()
         .ok_or_else(|| err(field, format!("{authority:?} resolves to no address")))?;
     Ok((addr, authority.to_string(), path.to_string()))
+}
+
+fn governance_settings(
+    cfg: &HubConfig,
+    listen: SocketAddr,
+) -> Result<Option<GovSettings>, ConfigError> {
+    let any = cfg.auth.is_some()
+        || cfg.policy.is_some()
+        || cfg.schema.is_some()
+        || cfg.audit.is_some()
+        || cfg.assertion.is_some()
+        || cfg.credentials.is_some()
+        || cfg.admin.is_some();
+    if !any {
+        return Ok(None);
+    }
+    if let Some(auth) = &cfg.auth {
+        governance::identity::validate(auth, listen).map_err(|e| err("auth", e.to_string()))?;
+    } else if !listen.ip().is_loopback() {
+        return Err(err(
+            "auth",
+            "governance without `auth` means anonymous callers: that is only allowed on a loopback listen address; configure auth",
+        ));
+    }
+    Ok(Some(GovSettings {
+        auth: cfg.auth.clone(),
+        policy: cfg.policy.clone(),
+        schema: cfg.schema.clone(),
+        audit: cfg.audit.clone(),
+        assertion: cfg.assertion.clone(),
+        credentials: cfg.credentials.clone(),
+        admin_keys: cfg
+            .admin
+            .as_ref()
+            .map(|a| a.api_keys.clone())
+            .unwrap_or_default(),
+    }))
 }
 
 fn ring_of(replicas: &[Replica]) -> Ring {
@@ -749,6 +807,7 @@ impl Snapshot {
             edge,
             cluster: cluster_settings(cfg, listen)?,
             store: store_config(cfg)?,
+            governance: governance_settings(cfg, listen)?,
         })
     }
 

@@ -64,8 +64,8 @@ pub struct Hub {
     /// legacy upstream): the shared store's keys when there is one (so any replica can open
     /// another's), else random keys of this process.
     pub state_keys: crate::store::seal::Keyring,
-    /// Where audit records go (the `audit` stage).
-    pub audit: Box<dyn crate::pipeline::audit::AuditSink>,
+    /// Identity, policy, approvals and the audit log, when configured (set once at start).
+    pub gov: std::sync::OnceLock<crate::gov::Gov>,
     /// Session ids the store recently did not know (so a flood of unknown ids costs one store
     /// lookup each per TTL, not one per request).
     pub unknown_sessions: crate::persist::NegativeCache,
@@ -101,8 +101,8 @@ impl Hub {
             generation: AtomicU64::new(1),
             bound: parking_lot::Mutex::new(None),
             unknown_sessions: crate::persist::NegativeCache::default(),
-            audit: Box::new(crate::pipeline::audit::NoAudit),
             state_keys: state_keys(&snap),
+            gov: std::sync::OnceLock::new(),
             snap,
         })
     }

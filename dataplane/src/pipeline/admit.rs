@@ -177,6 +177,11 @@ pub fn era(req: &Request, msg: &Peeked<'_>) -> mcpv::Era {
     {
         return mcpv::Era::Modern;
     }
+    // A session id without a modern envelope is a legacy request, whatever its version header
+    // says (an unknown one is then refused as such: 400 naming it).
+    if meta_version.is_none() && req.head.headers.get_str("mcp-session-id").is_some() {
+        return mcpv::Era::Legacy;
+    }
     let v = mcp_wire::modern::request_era(
         msg.method.as_deref(),
         req.head.headers.get_str("mcp-session-id").is_some(),

@@ -1,66 +1,53 @@
 //! Stage `audit`: the last stage, run for every message on success and on error (pingora's
-//! logging phase). It builds an [`AuditRecord`] and hands it to the hub's [`AuditSink`]; the
-//! sink must never block a worker (a real one queues to a writer thread and counts drops). Until
-//! an audit log is configured the sink is [`NoAudit`], which drops records without building
-//! them.
-
-use std::time::Duration;
+//! logging phase). Every `tools/call` becomes a record of the signed, hash-chained audit log
+//! (principal, session, upstream, tool, SHA-256 of the arguments, outcome, latency); the policy
+//! stage records its own decisions (denials, hidden tools called, rate limits, approvals). The
+//! log is written by its own thread: submitting never blocks a worker. Without an audit log
+//! configured nothing is built.
 
 use super::{Call, Ctx};
 use crate::hub::Worker;
-use crate::metrics;
-
-/// What the hub records about one message.
-#[derive(Debug, Clone)]
-pub struct AuditRecord<'a> {
-    /// The principal's binding (`""` anonymous).
-    pub principal: &'a str,
-    /// The session id, if any.
-    pub session: Option<&'a str>,
-    /// The JSON-RPC method (or `notification` / `response`).
-    pub method: &'static str,
-    /// The upstream it went to, by name.
-    pub upstream: Option<&'a str>,
-    /// The tool (upstream name) of a `tools/call`.
-    pub tool: Option<&'a str>,
-    /// `ok`, or the error's metrics label.
-    pub outcome: &'static str,
-    /// Time from the request to the end of the answer.
-    pub latency: Duration,
-}
-
-/// Where audit records go.
-pub trait AuditSink: Send + Sync {
-    /// Whether records are wanted at all (so a disabled sink costs nothing per request).
-    fn enabled(&self) -> bool;
-    /// Takes one record. Must not block.
-    fn submit(&self, record: &AuditRecord<'_>);
-}
-
-/// The sink of a hub without an audit log: records are not even built.
-pub struct NoAudit;
-
-impl AuditSink for NoAudit {
-    fn enabled(&self) -> bool {
-        false
-    }
-    fn submit(&self, _record: &AuditRecord<'_>) {}
-}
+use governance::audit::{AuditKind, AuditRecord};
+use mcp_wire::mcp::method;
 
 /// Records one message.
 pub fn record(w: &Worker, cx: &Ctx<'_>, call: &Call<'_>) {
-    let sink = &w.hub.audit;
-    if !sink.enabled() {
+    let Some(g) = w.hub.gov.get() else { return };
+    if g.audit.is_none() || call.msg.method.as_deref() != Some(method::TOOLS_CALL) {
         return;
     }
-    let rec = AuditRecord {
-        principal: cx.principal.binding(),
-        session: cx.session.as_deref().map(|s| &*s.id),
-        method: metrics::METHODS[call.method],
-        upstream: call.upstream.map(|u| &*w.hub.snap.upstreams[u].name),
-        tool: call.tool.as_deref(),
-        outcome: call.outcome,
-        latency: cx.started.elapsed(),
-    };
-    sink.submit(&rec);
+    let mut r = AuditRecord::new(AuditKind::ToolCall);
+    r.principal = Some(cx.principal.binding().to_string());
+    r.session = cx.session.as_deref().map(|s| s.id.to_string());
+    r.upstream = call
+        .upstream
+        .map(|u| w.hub.snap.upstreams[u].name.to_string());
+    r.tool = call
+        .tool
+        .as_deref()
+        .map(str::to_string)
+        .or_else(|| call.msg.name.as_ref().map(|n| n.value.to_string()));
+    r.args_sha256 = Some(governance::audit::argument_digest(
+        arguments(call).as_bytes(),
+    ));
+    r.outcome = Some(call.outcome.to_string());
+    r.latency_us = Some(u64::try_from(cx.started.elapsed().as_micros()).unwrap_or(u64::MAX));
+    r.request_id = call.msg.id.map(str::to_string);
+    if !g.audit(r) {
+        tracing::warn!("audit record dropped: the audit log refused it");
+    }
+}
+
+/// The raw `params.arguments` of a call (`{}` when absent).
+pub fn arguments<'a>(call: &Call<'a>) -> &'a str {
+    #[derive(serde::Deserialize)]
+    struct P<'a> {
+        #[serde(borrow)]
+        arguments: Option<&'a serde_json::value::RawValue>,
+    }
+    call.msg
+        .params
+        .and_then(|p| serde_json::from_str::<P<'_>>(p).ok())
+        .and_then(|p| p.arguments)
+        .map_or("{}", |a| a.get())
 }

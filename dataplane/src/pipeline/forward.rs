@@ -31,6 +31,7 @@ use crate::upstream::{self, Reply, Resend, UpstreamError};
 pub async fn forward(
     w: &Worker,
     session: &Arc<Session>,
+    principal: &super::identify::Principal,
     call: &Call<'_>,
     target: &Target,
     us: UpstreamSession,
@@ -56,15 +57,43 @@ pub async fn forward(
     } else {
         &target.body
     };
+    // No token passthrough: upstream requests are built from scratch; what the upstream gets is
+    // its own credential and, when configured, the hub-signed assertion of the user.
+    let creds = match w.hub.gov.get().and_then(|g| g.credentials.as_ref()) {
+        Some(c) => c
+            .headers(&w.upstream(u).name, principal, None)
+            .await
+            .map_err(|e| {
+                ProxyError::new(
+                    crate::error::ErrorKind::UpstreamUnavailable,
+                    format!("upstream '{}': no credentials: {e}", w.upstream(u).name),
+                )
+            })?,
+        None => Vec::new(),
+    };
+    let extra: Vec<(&str, &[u8])> = creds.iter().map(|(k, v)| (&**k, v.as_bytes())).collect();
+    let extra = &extra[..];
     let attempt = async {
         let rule = || resend_rule(w, session, u, target.tool.as_deref());
         let resend = Resend::Ask(&rule);
-        match send_once(w, u, &us, body, &target.body, client_id, &cancel, resend).await {
+        match send_once(
+            w,
+            u,
+            &us,
+            body,
+            &target.body,
+            client_id,
+            &cancel,
+            resend,
+            extra,
+        )
+        .await
+        {
             Sent::Done(out) => out,
             // The rare path is boxed so the common one's future stays small (it is moved).
             Sent::Lost(e) => {
                 Box::pin(failover(
-                    w, session, u, &us, target, body, client_id, &cancel, e,
+                    w, session, u, &us, target, body, client_id, &cancel, e, extra,
                 ))
                 .await
             }
@@ -249,37 +278,39 @@ async fn send_once(
     client_id: &str,
     cancel: &Arc<Cancel>,
     resend: Resend<'_>,
+    extra: &[(&str, &[u8])],
 ) -> Sent {
     let r = us.replica;
-    let out = match upstream::post(&w.pool, w.upstream(u), r, Some(us), body, resend).await {
-        Ok(Reply::Json {
-            status: 200, body, ..
-        }) => Ok(Answer::Json(body)),
-        Ok(Reply::Json { status, body, .. }) => Ok(Answer::Status(status, body)),
-        Ok(Reply::Stream { conn, .. }) => Ok(Answer::Stream(StreamSource {
-            upstream: u,
-            replica: r,
-            generation: us.generation,
-            conn,
-            client_id: client_id.into(),
-            cancel: cancel.clone(),
-            modern: us.is_modern(),
-            request: request.clone(),
-        })),
-        Ok(Reply::Status(s)) => Err(ProxyError::new(
-            crate::error::ErrorKind::UpstreamProtocol,
-            format!(
-                "{} answered a request with HTTP {s} and no response",
-                upstream_label(w.upstream(u), r)
-            ),
-        )),
-        // A broken connection (even one that broke after the request was written, which is
-        // then not re-sent unless it may run twice) means the replica may be gone: fail over.
-        Err(e) if e.is_replica_failure() || matches!(e, UpstreamError::SessionGone) => {
-            return Sent::Lost(e)
-        }
-        Err(e) => Err(upstream_failure(w, u, r, &e)),
-    };
+    let out =
+        match upstream::post_with(&w.pool, w.upstream(u), r, Some(us), body, resend, extra).await {
+            Ok(Reply::Json {
+                status: 200, body, ..
+            }) => Ok(Answer::Json(body)),
+            Ok(Reply::Json { status, body, .. }) => Ok(Answer::Status(status, body)),
+            Ok(Reply::Stream { conn, .. }) => Ok(Answer::Stream(StreamSource {
+                upstream: u,
+                replica: r,
+                generation: us.generation,
+                conn,
+                client_id: client_id.into(),
+                cancel: cancel.clone(),
+                modern: us.is_modern(),
+                request: request.clone(),
+            })),
+            Ok(Reply::Status(s)) => Err(ProxyError::new(
+                crate::error::ErrorKind::UpstreamProtocol,
+                format!(
+                    "{} answered a request with HTTP {s} and no response",
+                    upstream_label(w.upstream(u), r)
+                ),
+            )),
+            // A broken connection (even one that broke after the request was written, which is
+            // then not re-sent unless it may run twice) means the replica may be gone: fail over.
+            Err(e) if e.is_replica_failure() || matches!(e, UpstreamError::SessionGone) => {
+                return Sent::Lost(e)
+            }
+            Err(e) => Err(upstream_failure(w, u, r, &e)),
+        };
     if out.is_ok() {
         w.hub.replica_ok(u, r);
     }
@@ -299,6 +330,7 @@ async fn failover(
     client_id: &str,
     cancel: &Arc<Cancel>,
     e: UpstreamError,
+    extra: &[(&str, &[u8])],
 ) -> Result<Answer, ProxyError> {
     let up = w.upstream(u);
     let gone = matches!(e, UpstreamError::SessionGone);
@@ -356,6 +388,7 @@ async fn failover(
         client_id,
         cancel,
         Resend::Safe,
+        extra,
     )
     .await
     {

@@ -1,41 +1,24 @@
 //! Stage `identify`: who is calling. Yields the request's [`Principal`], which the later stages
 //! bind sessions to (a session presented by another principal is unknown), decide policy for,
-//! and audit. Until authentication is configured every caller is the anonymous principal.
-
-use std::sync::Arc;
+//! and audit. With `auth:` configured the bearer JWT or API key is validated
+//! ([`crate::gov::Gov::principal`]: 401 with `WWW-Authenticate`, 403 `insufficient_scope`, 431);
+//! without it every caller is the anonymous principal.
 
 use h1::Request;
 
 use crate::error::ProxyError;
 use crate::hub::Worker;
 
-/// Who a request comes from.
-#[derive(Debug, Clone, PartialEq, Eq)]
-pub struct Principal {
-    id: Arc<str>,
-}
-
-impl Principal {
-    /// The caller of a hub without authentication.
-    pub fn anonymous() -> Self {
-        Self { id: Arc::from("") }
-    }
-
-    /// The stable string sessions and store keys are bound to (`""` for anonymous).
-    pub fn binding(&self) -> &str {
-        &self.id
-    }
-
-    /// Whether this is the anonymous principal.
-    pub fn is_anonymous(&self) -> bool {
-        self.id.is_empty()
-    }
-}
+/// Who a request comes from (the governance engine's principal: id, roles, scopes).
+pub type Principal = governance::Principal;
 
 /// The principal of a request.
 ///
 /// # Errors
-/// Never yet; authentication failures (401/403) will be returned here.
-pub fn principal(_w: &Worker, _req: &Request) -> Result<Principal, ProxyError> {
-    Ok(Principal::anonymous())
+/// Authentication failures, rendered with their status and challenge.
+pub async fn principal(w: &Worker, req: &Request) -> Result<Principal, ProxyError> {
+    match w.hub.gov.get() {
+        Some(g) => g.principal(req.head.headers.get("authorization")).await,
+        None => Ok(Principal::anonymous()),
+    }
 }

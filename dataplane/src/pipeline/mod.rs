@@ -142,6 +142,15 @@ pub enum Answer {
     /// A JSON-RPC error a 2026-07-28 upstream answered with an HTTP 4xx (relayed with it to a
     /// modern client; a legacy client gets it with 200).
     Status(u16, Bytes),
+    /// A call held for an operator's decision (approval gate).
+    Held {
+        /// Where it goes once approved.
+        target: route::Target,
+        /// The approval id (what the operator decides on).
+        approval: String,
+        /// The decision, when it comes (rejection or expiry included).
+        decision: tokio::sync::oneshot::Receiver<governance::approval::ApprovalDecision>,
+    },
     /// A 2026-07-28 upstream answered a legacy client's request with `input_required`: the hub
     /// asks the client on an SSE stream and retries ([`relay::input_rounds`]).
     Input {
@@ -162,10 +171,14 @@ pub async fn handle(w: &Rc<Worker>, conn: &mut Conn, req: Request, bound_loopbac
         return reply_error(conn, &e, keep).await;
     }
     // identify: who is calling, before anything is looked up on their behalf.
-    let principal = match identify::principal(w, &req) {
+    let principal = match identify::principal(w, &req).await {
         Ok(p) => p,
         Err(e) => return reply_error(conn, &e, keep).await,
     };
+    // policy (before anything is looked at): the principal's own rate limit.
+    if let Err(e) = policy::admit(w, &principal) {
+        return reply_error(conn, &e, keep).await;
+    }
     // session (hub replicas): a session another replica owns is served there, in one hop.
     if let Some(keep) = session::route_to_owner(w, conn, &req, &principal).await {
         return keep;
@@ -231,13 +244,17 @@ pub async fn serve(
         return session::initialize(w, cx, call);
     }
     let session = session::find(w, cx)?;
-    // policy: may this principal send this message at all.
-    policy::check(w, cx, call)?;
-    // route: what the hub answers itself, or which upstream gets it.
+    // route: what the hub answers itself, or which upstream and name a request goes to.
     let target = match route::route(w, &session, call).await? {
         route::Routed::Answer(a) => return Ok(a),
         route::Routed::Upstream(t) => t,
     };
+    // policy: may this principal call this tool, now, with these arguments.
+    match policy::tool_call(w, cx, call, &target, &session).await? {
+        policy::Verdict::Go(_) => {}
+        policy::Verdict::Answer(a) => return Ok(a),
+        policy::Verdict::Hold(rule) => return Ok(hold(w, cx, call, target, rule)),
+    }
     // affinity: the replica and the upstream session on it.
     let us = affinity::upstream_session(w, &session, target.upstream).await?;
     call.replica = Some(us.replica);
@@ -258,7 +275,7 @@ pub async fn serve(
     }
     // forward: send it; a lost replica moves the session, and a retry happens only when safe.
     let modern_upstream = us.is_modern();
-    let answer = forward::forward(w, &session, call, &target, us).await?;
+    let answer = forward::forward(w, &session, &cx.principal, call, &target, us).await?;
     route::after_forward(w, &session, &target);
     Ok(match answer {
         Answer::Json(first) if modern_upstream && relay::is_input_required(&first) => {
@@ -270,6 +287,47 @@ pub async fn serve(
         }
         other => other,
     })
+}
+
+/// Holds a call for an operator's decision (the approval gate): the client's stream waits with
+/// keep-alives ([`relay::held`]).
+pub fn hold(
+    w: &Worker,
+    cx: &Ctx<'_>,
+    call: &Call<'_>,
+    target: route::Target,
+    rule: &governance::policy::ToolRule,
+) -> Answer {
+    let g = w.hub.gov.get().expect("a held call has governance");
+    let args: serde_json::Value =
+        serde_json::from_str(audit::arguments(call)).unwrap_or(serde_json::Value::Null);
+    let upstream = w.hub.snap.upstreams[target.upstream].name.to_string();
+    let tool = target.tool.as_deref().unwrap_or("").to_string();
+    let req = governance::approval::ApprovalRequest::for_call(
+        &g.hub_id,
+        &upstream,
+        &tool,
+        &args,
+        &cx.principal,
+        rule,
+    );
+    let mut r = governance::audit::AuditRecord::new(governance::audit::AuditKind::ApprovalHeld);
+    r.principal = Some(cx.principal.binding().to_string());
+    r.upstream = Some(upstream);
+    r.tool = Some(tool);
+    r.reason = Some(req.reason.clone());
+    let (id, decision) = g.approvals.hold(req);
+    r.approval_id = Some(id.clone());
+    g.audit(r);
+    g.stats
+        .approvals_held
+        .fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    tracing::info!(approval = %id, "call held for approval");
+    Answer::Held {
+        target,
+        approval: id,
+        decision,
+    }
 }
 
 /// Writes the answer (JSON, 202, a new session, or the relayed stream) or the error.
@@ -295,6 +353,14 @@ async fn respond(
             None => false,
         },
         Ok(Answer::Cancelled) => relay::empty_stream(conn).await && keep,
+        Ok(Answer::Held {
+            target,
+            approval,
+            decision,
+        }) => match &cx.session {
+            Some(s) => relay::held(w, conn, cx, s, call, target, &approval, decision).await && keep,
+            None => false,
+        },
         Ok(Answer::Input {
             upstream,
             request,
@@ -386,6 +452,16 @@ async fn batch(w: &Rc<Worker>, conn: &mut Conn, cx: &mut Ctx<'_>) -> bool {
             Ok(Answer::Json(j) | Answer::Status(_, j)) => answers.push(relay::BatchPart::Json(j)),
             Ok(Answer::Accepted | Answer::Cancelled) => {}
             Ok(Answer::Input { first, .. }) => answers.push(relay::BatchPart::Json(first)),
+            Ok(Answer::Held { approval, .. }) => {
+                // A batch cannot wait on an operator: the call is refused, saying so.
+                if let Some(g) = w.hub.gov.get() {
+                    g.approvals.cancel(&approval);
+                }
+                answers.push(relay::BatchPart::Json(crate::gov::tool_error(
+                    call.id(),
+                    "this call needs an operator's approval: send it on its own, not in a batch",
+                )));
+            }
             Ok(Answer::Opened { json, .. }) => answers.push(relay::BatchPart::Json(json)),
             Ok(Answer::Stream(src)) => answers.push(relay::BatchPart::Stream(src)),
             Err(e) => {
@@ -462,24 +538,25 @@ pub async fn reply_error(conn: &mut Conn, e: &ProxyError, keep_alive: bool) -> b
     } else {
         tracing::info!(error = %e, "request failed");
     }
+    let mut headers: Vec<(&str, &[u8])> = Vec::with_capacity(2);
+    if let Some(h) = &e.header {
+        headers.push((h.0, h.1.as_bytes()));
+    }
     let res = match (e.body(), e.kind == ErrorKind::MethodNotAllowed) {
         (_, true) => {
             conn.write_empty(405, &[("Allow", b"GET, POST, DELETE")], keep_alive)
                 .await
         }
         (Some(body), false) => {
-            conn.write_full(e.status(), &[JSON], &body, keep_alive)
+            headers.push(JSON);
+            conn.write_full(e.status(), &headers, &body, keep_alive)
                 .await
         }
         (None, false) => {
             let text = format!("{}\n", e.message);
-            conn.write_full(
-                e.status(),
-                &[("Content-Type", b"text/plain")],
-                text.as_bytes(),
-                keep_alive,
-            )
-            .await
+            headers.push(("Content-Type", b"text/plain"));
+            conn.write_full(e.status(), &headers, text.as_bytes(), keep_alive)
+                .await
         }
     };
     res.is_ok() && keep_alive

@@ -156,8 +156,6 @@ async fn serve(
     }
     // session: the hub-held session of this principal and capability set.
     let session = super::session::stateless(w, cx, env);
-    // policy.
-    super::policy::check(w, cx, call)?;
     if name == m::METHOD_SUBSCRIPTIONS_LISTEN {
         let filter = m::ListenFilter::from_params(call.msg.params).map_err(|e| {
             ProxyError::new(
@@ -181,9 +179,18 @@ async fn serve(
         super::route::Routed::Answer(a) => return Ok(Modern::Answer(a)),
         super::route::Routed::Upstream(t) => t,
     };
+    // policy: may this principal call this tool, now, with these arguments.
+    match super::policy::tool_call(w, cx, call, &target, &session).await? {
+        super::policy::Verdict::Go(_) => {}
+        super::policy::Verdict::Answer(a) => return Ok(Modern::Answer(a)),
+        super::policy::Verdict::Hold(rule) => {
+            return Ok(Modern::Answer(super::hold(w, cx, call, target, rule)))
+        }
+    }
     let us = super::affinity::upstream_session(w, &session, target.upstream).await?;
     call.replica = Some(us.replica);
-    let answer = super::forward::forward(w, &session, call, &target, us.clone()).await?;
+    let answer =
+        super::forward::forward(w, &session, &cx.principal, call, &target, us.clone()).await?;
     Ok(Modern::Answer(match answer {
         // A legacy upstream's answer in the modern shape; a modern upstream's as it is.
         Answer::Json(body) if !us.is_modern() => Answer::Json(modern_result(&body, name)),
@@ -202,6 +209,16 @@ async fn respond(
 ) -> bool {
     let keep = cx.keep_alive;
     match answer {
+        Answer::Held {
+            target,
+            approval,
+            decision,
+        } => match &cx.session {
+            Some(s) => {
+                super::relay::held(w, conn, cx, s, call, target, &approval, decision).await && keep
+            }
+            None => false,
+        },
         Answer::Json(json) | Answer::Opened { json, .. } | Answer::Input { first: json, .. } => {
             conn.write_full(200, &[JSON], &json, keep).await.is_ok() && keep
         }

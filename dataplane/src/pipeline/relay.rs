@@ -1469,3 +1469,112 @@ async fn collect_response(
         }
     }
 }
+
+// === the approval gate ===
+
+/// A call held for an operator (the approval gate): the client's stream gets keep-alives and,
+/// when it sent a progress token, progress notifications naming the approval while it waits;
+/// approved, the call runs and its answer follows on the same stream; rejected or expired, the
+/// client gets a tool result saying so (`isError`). Every outcome is audited by the registry's
+/// observer.
+#[allow(clippy::too_many_arguments)]
+pub async fn held(
+    w: &Rc<Worker>,
+    conn: &mut Conn,
+    cx: &super::Ctx<'_>,
+    session: &Arc<Session>,
+    call: &super::Call<'_>,
+    target: super::route::Target,
+    approval: &str,
+    mut decision: tokio::sync::oneshot::Receiver<governance::approval::ApprovalDecision>,
+) -> bool {
+    use governance::approval::ApprovalOutcome;
+    use std::sync::atomic::Ordering;
+    let _guard = metrics::StreamGuard::new(&w.hub.metrics.open_streams);
+    let mut em = Emitter::start(w, conn, session, false).await;
+    em.prime(session.version).await;
+    let keepalive = w.hub.snap.sse_keepalive;
+    let started = Instant::now();
+    let mut step = 0u64;
+    let outcome = loop {
+        monoio::select! {
+            d = &mut decision => break d.ok(),
+            _ = monoio::time::sleep(keepalive) => {
+                step += 1;
+                if let Some(token) = call.msg.progress_token {
+                    let mut n = br#"{"jsonrpc":"2.0","method":"notifications/progress","params":{"progressToken":"#.to_vec();
+                    n.extend_from_slice(token.as_bytes());
+                    n.extend_from_slice(format!(",\"progress\":{step},\"message\":").as_bytes());
+                    mcp_wire::jsonrpc::push_json_str(&mut n, &format!("waiting for approval {approval}"));
+                    n.extend_from_slice(b"}}");
+                    em.emit(&n).await;
+                } else {
+                    em.keepalive_if_idle(keepalive).await;
+                }
+            }
+        }
+    };
+    let g = w.hub.gov.get();
+    if let Some(g) = g {
+        let ms = u64::try_from(started.elapsed().as_millis()).unwrap_or(u64::MAX);
+        g.stats.approval_ms_total.fetch_add(ms, Ordering::Relaxed);
+        let approved = outcome
+            .as_ref()
+            .is_some_and(|d| d.outcome == ApprovalOutcome::Approved);
+        let counter = if approved {
+            &g.stats.approvals_approved
+        } else {
+            &g.stats.approvals_denied
+        };
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+    let id = call.id();
+    match outcome {
+        Some(d) if d.outcome == ApprovalOutcome::Approved => {
+            tracing::info!(approval, by = %d.by, "approved: the held call runs");
+            let run = async {
+                let us = super::affinity::upstream_session(w, session, target.upstream).await?;
+                super::forward::forward(w, session, &cx.principal, call, &target, us).await
+            };
+            match run.await {
+                Ok(super::Answer::Json(b) | super::Answer::Status(_, b)) => em.emit(&b).await,
+                Ok(super::Answer::Stream(src)) => relay_to_response(w, &mut em, session, src).await,
+                Ok(_) => {}
+                Err(e) => {
+                    if let Some(b) = e.with_id(Some(id)).body() {
+                        em.emit(&b).await;
+                    }
+                }
+            }
+            super::route::after_forward(w, session, &target);
+        }
+        Some(d) => {
+            let what = match d.outcome {
+                ApprovalOutcome::Expired => {
+                    "no operator approved it in time (timeout = deny)".to_string()
+                }
+                _ => format!(
+                    "rejected by {}{}",
+                    d.by,
+                    d.comment
+                        .as_deref()
+                        .map(|c| format!(": {c}"))
+                        .unwrap_or_default()
+                ),
+            };
+            em.emit(&crate::gov::tool_error(
+                id,
+                &format!("the call was not run: {what}"),
+            ))
+            .await;
+        }
+        None => {
+            em.emit(&crate::gov::tool_error(
+                id,
+                "the call was not run: its approval is gone (the hub is shutting down)",
+            ))
+            .await;
+        }
+    }
+    em.finish().await
+}
