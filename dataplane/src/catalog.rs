@@ -53,8 +53,9 @@ struct UpstreamCatalog {
     fetched: Notify,
 }
 
-/// Key of a merged list: kind, capability class and the health mask it was built for.
-type MergedKey = (ListKind, CapsClass, u64);
+/// Key of a merged list: kind, capability class, the health mask it was built for, and the
+/// visibility class it is filtered for (0: unfiltered).
+type MergedKey = (ListKind, CapsClass, u64, u64);
 
 /// A merged list and what it was built from.
 struct MergedEntry {
@@ -323,7 +324,17 @@ pub async fn upstream_list(
 pub async fn merged(w: &Worker, session: &Arc<Session>, kind: ListKind) -> Arc<Merged> {
     let cat = &w.hub.catalog;
     let mask = w.hub.up_mask();
-    let key = (kind, session.caps_class, mask);
+    // Tools a principal may not use are not in its lists: merged lists are per visibility class.
+    let vis = match (kind, w.hub.gov.get()) {
+        (ListKind::Tools, Some(g)) => session.state.lock().vis.map(|v| (g, v)),
+        _ => None,
+    };
+    let key = (
+        kind,
+        session.caps_class,
+        mask,
+        vis.map_or(0, |(_, v)| v.id()),
+    );
     // Fast path (every unprefixed call resolves its name here): still valid when nothing was
     // stored or dropped since it was built, and no part has expired.
     let epoch = cat.epoch.load(Ordering::Acquire);
@@ -359,7 +370,20 @@ pub async fn merged(w: &Worker, session: &Arc<Session>, kind: ListKind) -> Arc<M
             }
         }
     }
-    let m = Arc::new(federation::merge(kind, &w.hub.naming, &lists, mask));
+    let visible = |u: usize, name: &str| match vis {
+        Some((g, class)) => g
+            .policy
+            .visible(&g.table, &class, &w.hub.naming.upstreams[u], name),
+        None => true,
+    };
+    let mut m = federation::merge_visible(kind, &w.hub.naming, &lists, mask, &visible);
+    if vis.is_some() {
+        // Filtered per principal: never shareable beyond that authorization context.
+        if let Some(h) = &mut m.hints {
+            h.scope = mcp_wire::modern::CacheScope::Private;
+        }
+    }
+    let m = Arc::new(m);
     // Built from lists fetched during the build: stamp it with the epoch after them, so only a
     // later change makes it stale.
     let epoch = cat.epoch.load(Ordering::Acquire);

@@ -339,6 +339,18 @@ pub fn merge(
     lists: &[Option<Arc<UpstreamList>>],
     mask: u64,
 ) -> Merged {
+    merge_visible(kind, naming, lists, mask, &|_, _| true)
+}
+
+/// As [`merge`], keeping only the items `visible(upstream, original key)` allows (the policy's
+/// view of one principal).
+pub fn merge_visible(
+    kind: ListKind,
+    naming: &Naming,
+    lists: &[Option<Arc<UpstreamList>>],
+    mask: u64,
+    visible: &dyn Fn(usize, &str) -> bool,
+) -> Merged {
     let mut m = Merged {
         mask,
         parts: lists.to_vec(),
@@ -350,7 +362,7 @@ pub fn merge(
     };
     for (u, list) in lists.iter().enumerate() {
         let Some(list) = list else { continue };
-        for item in &list.items {
+        for item in list.items.iter().filter(|i| visible(u, &i.key)) {
             let exposed: Arc<str> = if kind.is_named() && naming.separator.is_some() {
                 Arc::from(naming.expose(u, &item.key))
             } else {

@@ -38,6 +38,77 @@ struct Cli {
     /// Validate the config, print it, and exit.
     #[arg(long)]
     check: bool,
+    /// Tools instead of serving (audit verification, key helpers).
+    #[command(subcommand)]
+    tool: Option<Tool>,
+}
+
+/// `meshgate <tool>`: helpers that do not serve.
+#[derive(clap::Subcommand, Debug)]
+enum Tool {
+    /// The audit log.
+    Audit {
+        #[command(subcommand)]
+        what: AuditCmd,
+    },
+    /// Prints the hash of an API key (for `auth.api_keys` and `admin.api_keys`).
+    HashKey {
+        /// The key.
+        key: String,
+    },
+    /// Writes a new Ed25519 key file (mode 0600; audit signing or the user assertion) and
+    /// prints its public key.
+    Keygen {
+        /// Where to write it (refused if it exists).
+        path: PathBuf,
+    },
+}
+
+/// `meshgate audit …`.
+#[derive(clap::Subcommand, Debug)]
+enum AuditCmd {
+    /// Verifies a log: every record's hash chain and signature, and the signed head (so a
+    /// truncated tail is found too). Names the first bad record.
+    Verify {
+        /// The JSONL audit log.
+        file: PathBuf,
+        /// The public key (PEM) or the signing key file it belongs to.
+        #[arg(long)]
+        key: PathBuf,
+    },
+}
+
+/// Runs a tool; returns the process exit code.
+fn run_tool(tool: Tool) -> anyhow::Result<i32> {
+    match tool {
+        Tool::Audit {
+            what: AuditCmd::Verify { file, key },
+        } => {
+            let vk = governance::keys::load_verifying_key(&key)
+                .or_else(|_| governance::keys::load_signing_key(&key).map(|k| k.verifying_key()))
+                .with_context(|| format!("reading key {}", key.display()))?;
+            match governance::audit::verify(&file, &vk) {
+                Ok(s) => {
+                    println!("ok: {} verified ({s:?})", file.display());
+                    Ok(0)
+                }
+                Err(e) => {
+                    println!("BAD: {}: {e}", file.display());
+                    Ok(1)
+                }
+            }
+        }
+        Tool::HashKey { key } => {
+            println!("{}", governance::identity::hash_api_key(&key));
+            Ok(0)
+        }
+        Tool::Keygen { path } => {
+            let vk = governance::keys::generate_key_file(&path)
+                .with_context(|| format!("writing {}", path.display()))?;
+            print!("{}", governance::keys::public_key_pem(&vk));
+            Ok(0)
+        }
+    }
 }
 
 fn main() -> anyhow::Result<()> {
@@ -48,7 +119,10 @@ fn main() -> anyhow::Result<()> {
         )
         .with_writer(std::io::stderr)
         .init();
-    let cli = Cli::parse();
+    let mut cli = Cli::parse();
+    if let Some(tool) = cli.tool.take() {
+        std::process::exit(run_tool(tool)?);
+    }
     let mut cfg = match &cli.config {
         Some(path) => {
             let text = std::fs::read_to_string(path)

@@ -10,6 +10,10 @@ use monoio::net::TcpStream;
 
 use crate::hub::Worker;
 
+/// How much of a rejected request is read and discarded before closing, and for how long.
+const LINGER_BYTES: usize = 16 << 20;
+const LINGER_WAIT: std::time::Duration = std::time::Duration::from_secs(2);
+
 /// Serves one accepted connection until it closes.
 pub async fn serve(w: Rc<Worker>, stream: TcpStream, bound_loopback: bool) {
     let _ = stream.set_nodelay(true);
@@ -34,6 +38,9 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream, bound_loopback: bool) {
                             false,
                         )
                         .await;
+                    // The client may still be sending the oversized head or body: drain it
+                    // (bounded) so closing does not reset the reply away.
+                    conn.linger(LINGER_BYTES, LINGER_WAIT).await;
                 }
                 break;
             }
@@ -41,6 +48,10 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream, bound_loopback: bool) {
         let path = req.head.path();
         let keep = if path == w.hub.snap.endpoint.as_bytes() {
             crate::pipeline::handle(&w, &mut conn, req, bound_loopback).await
+        } else if path.starts_with(b"/.well-known/oauth-protected-resource") {
+            resource_metadata(&w, &mut conn, &req).await
+        } else if path.starts_with(b"/admin/") {
+            admin(&w, &mut conn, &req).await
         } else {
             ops(&w, &mut conn, &req).await
         };
@@ -52,6 +63,110 @@ pub async fn serve(w: Rc<Worker>, stream: TcpStream, bound_loopback: bool) {
         .metrics
         .open_connections
         .fetch_sub(1, Ordering::Relaxed);
+}
+
+/// RFC 9728 protected-resource metadata, at the root well-known path and the one suffixed with
+/// the endpoint's path (404 without `auth`).
+async fn resource_metadata(
+    w: &Worker,
+    conn: &mut ServerConn<TcpStream>,
+    req: &h1::Request,
+) -> bool {
+    let keep = req.head.keep_alive;
+    let auth = w.hub.gov.get().and_then(|g| g.auth.as_ref());
+    let path = std::str::from_utf8(req.head.path()).unwrap_or("");
+    match auth {
+        Some(a) if a.well_known_paths().iter().any(|p| p == path) => {
+            let body = a.protected_resource_metadata();
+            conn.write_full(
+                200,
+                &[
+                    ("Content-Type", b"application/json"),
+                    ("Cache-Control", b"max-age=300"),
+                ],
+                body,
+                keep,
+            )
+            .await
+            .is_ok()
+                && keep
+        }
+        _ => {
+            conn.write_full(
+                404,
+                &[("Content-Type", b"text/plain")],
+                b"no such metadata\n",
+                keep,
+            )
+            .await
+            .is_ok()
+                && keep
+        }
+    }
+}
+
+/// The hub's admin endpoints, behind an admin API key (`admin.api_keys`):
+/// `GET /admin/approvals` lists the held calls; `POST /admin/approvals/<id>` with
+/// `{"outcome":"approved"|"rejected","by":"…","comment":"…"}` decides one.
+async fn admin(w: &Worker, conn: &mut ServerConn<TcpStream>, req: &h1::Request) -> bool {
+    let keep = req.head.keep_alive;
+    let json: &[(&str, &[u8])] = &[("Content-Type", b"application/json")];
+    let reply = |status: u16, body: String| (status, body);
+    let (status, body) = match w.hub.gov.get() {
+        None => reply(404, r#"{"error":"no governance configured"}"#.into()),
+        Some(g) if !g.is_admin(req.head.headers.get_str("authorization")) => reply(
+            401,
+            r#"{"error":"an admin API key is required (Authorization: Bearer <key>)"}"#.into(),
+        ),
+        Some(g) => {
+            let path = std::str::from_utf8(req.head.path()).unwrap_or("");
+            match (req.head.method, path.strip_prefix("/admin/approvals")) {
+                (Method::Get, Some("") | Some("/")) => reply(
+                    200,
+                    serde_json::to_string(&g.approvals.pending()).unwrap_or_else(|_| "[]".into()),
+                ),
+                (Method::Post, Some(rest)) if rest.len() > 1 => {
+                    #[derive(serde::Deserialize)]
+                    struct Decide {
+                        outcome: governance::approval::ApprovalOutcome,
+                        #[serde(default)]
+                        by: Option<String>,
+                        #[serde(default)]
+                        comment: Option<String>,
+                    }
+                    match serde_json::from_slice::<Decide>(&req.body) {
+                        Err(e) => reply(
+                            400,
+                            serde_json::json!({"error": format!("bad decision: {e}")}).to_string(),
+                        ),
+                        Ok(d) => {
+                            let decision = governance::approval::ApprovalDecision {
+                                id: rest[1..].to_string(),
+                                outcome: d.outcome,
+                                by: d.by.unwrap_or_else(|| "admin".into()),
+                                comment: d.comment,
+                                decided_at: governance::audit::to_unix_ms(
+                                    std::time::SystemTime::now(),
+                                ),
+                            };
+                            match g.approvals.decide(decision) {
+                                Ok(_) => reply(200, r#"{"ok":true}"#.into()),
+                                Err(e) => reply(
+                                    404,
+                                    serde_json::json!({"error": e.to_string()}).to_string(),
+                                ),
+                            }
+                        }
+                    }
+                }
+                _ => reply(404, r#"{"error":"unknown admin endpoint"}"#.into()),
+            }
+        }
+    };
+    conn.write_full(status, json, body.as_bytes(), keep)
+        .await
+        .is_ok()
+        && keep
 }
 
 /// `/healthz` (the process serves), `/readyz` (some upstream is up, or none is configured),
@@ -113,6 +228,34 @@ async fn ops(w: &Worker, conn: &mut ServerConn<TcpStream>, req: &h1::Request) ->
                 .metrics
                 .render(&names, &up, &replicas, w.hub.sessions.len());
             body.push_str("# HELP meshgate_upstream_era Which MCP era the upstream speaks (legacy sessions, 2026-07-28 modern, dual, or unknown until probed).\n# TYPE meshgate_upstream_era gauge\n");
+            if let Some(g) = w.hub.gov.get() {
+                use std::fmt::Write as _;
+                let st = &g.stats;
+                let v = |a: &std::sync::atomic::AtomicU64| a.load(Ordering::Relaxed);
+                let _ = write!(
+                    body,
+                    "# HELP meshgate_auth_failures_total Requests refused by authentication.\n# TYPE meshgate_auth_failures_total counter\nmeshgate_auth_failures_total {}\n\
+                     # HELP meshgate_policy_denied_total Tool calls denied by policy.\n# TYPE meshgate_policy_denied_total counter\nmeshgate_policy_denied_total {}\n\
+                     # HELP meshgate_rate_limited_total Requests refused by a rate limit.\n# TYPE meshgate_rate_limited_total counter\nmeshgate_rate_limited_total {}\n\
+                     # HELP meshgate_approvals_total Held calls by outcome.\n# TYPE meshgate_approvals_total counter\nmeshgate_approvals_total{{outcome=\"held\"}} {}\nmeshgate_approvals_total{{outcome=\"approved\"}} {}\nmeshgate_approvals_total{{outcome=\"denied\"}} {}\n\
+                     # HELP meshgate_approval_cycle_ms_total Time held calls waited for a decision.\n# TYPE meshgate_approval_cycle_ms_total counter\nmeshgate_approval_cycle_ms_total {}\n",
+                    v(&st.auth_failed),
+                    v(&st.denied),
+                    v(&st.rate_limited),
+                    v(&st.approvals_held),
+                    v(&st.approvals_approved),
+                    v(&st.approvals_denied),
+                    v(&st.approval_ms_total),
+                );
+                if let Some(log) = &g.audit {
+                    let _ = write!(
+                        body,
+                        "# HELP meshgate_audit_records_total Audit records written and dropped.\n# TYPE meshgate_audit_records_total counter\nmeshgate_audit_records_total{{state=\"written\"}} {}\nmeshgate_audit_records_total{{state=\"dropped\"}} {}\n",
+                        log.written(),
+                        log.dropped()
+                    );
+                }
+            }
             for (u, name) in names.iter().enumerate() {
                 let era = w.hub.snap.upstreams[u].era.label();
                 body.push_str(&format!(

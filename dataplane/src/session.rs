@@ -216,6 +216,8 @@ pub struct SessionState {
     pub subscriptions: Vec<(usize, String)>,
     /// Server→client requests by hub-minted id (raw JSON).
     pub pending: HashMap<Box<str>, PendingRequest>,
+    /// The visibility class of the principal's last request (which tools its lists show).
+    pub vis: Option<governance::policy::VisibilityClass>,
     /// Upstream answers parked for a 2026-07-28 client's input, by token.
     pub suspended: HashMap<u64, Suspended>,
     /// Requests the hub itself sent the client (a 2026-07-28 upstream's `inputRequests` turned

@@ -763,9 +763,18 @@ fn hub_resumes_an_edge_get_stream_with_last_event_id_and_loses_nothing() {
         }
         let text = format!("during-{k}");
         log(&text);
-        let stolen = thieves
-            .iter()
-            .any(|t| t.wait(&text, Duration::from_millis(700)));
+        // Watch every thief at once: waiting on them one after another could outlast the
+        // hub's re-attach (the agent's session order is arbitrary).
+        let watch_until = Instant::now() + Duration::from_millis(700);
+        let stolen = loop {
+            if thieves.iter().any(|t| t.has(&text)) {
+                break true;
+            }
+            if Instant::now() > watch_until {
+                break false;
+            }
+            std::thread::sleep(Duration::from_millis(10));
+        };
         drop(thieves);
         if stolen && !client.has(&text) {
             detached = Some(text);

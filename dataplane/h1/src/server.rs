@@ -477,6 +477,31 @@ impl<S: AsyncReadRent + AsyncWriteRent> ServerConn<S> {
         write_buf(&mut self.io, &mut self.wbuf).await
     }
 
+    /// Close after an error reply without resetting it: shut the write side (the client sees
+    /// the reply and then end of stream), then read and discard what the client is still
+    /// sending — at most `max_bytes`, for at most `max_wait` — before the caller drops the
+    /// connection. Closing a socket with unread bytes makes the kernel send RST, which can
+    /// destroy the reply before the client reads it (a 431 for an oversized header that is
+    /// still arriving, say).
+    pub async fn linger(&mut self, max_bytes: usize, max_wait: Duration) {
+        let _ = self.io.shutdown().await;
+        let deadline = Instant::now() + max_wait;
+        let mut drained = 0usize;
+        while drained < max_bytes {
+            self.rbuf.clear();
+            let read = monoio::time::timeout_at(
+                deadline,
+                read_more(&mut self.io, &mut self.rbuf, HEAD_READ_SPARE.max(64 * 1024)),
+            )
+            .await;
+            match read {
+                Ok(Ok(n)) if n > 0 => drained += n,
+                _ => break,
+            }
+        }
+        self.rbuf.clear();
+    }
+
     /// Give back the underlying stream. Bytes already read past the last request are lost.
     pub fn into_inner(self) -> S {
         self.io

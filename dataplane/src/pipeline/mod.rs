@@ -244,6 +244,7 @@ pub async fn serve(
         return session::initialize(w, cx, call);
     }
     let session = session::find(w, cx)?;
+    policy::classify(w, cx, &session);
     // route: what the hub answers itself, or which upstream and name a request goes to.
     let target = match route::route(w, &session, call).await? {
         route::Routed::Answer(a) => return Ok(a),

@@ -156,6 +156,7 @@ async fn serve(
     }
     // session: the hub-held session of this principal and capability set.
     let session = super::session::stateless(w, cx, env);
+    super::policy::classify(w, cx, &session);
     if name == m::METHOD_SUBSCRIPTIONS_LISTEN {
         let filter = m::ListenFilter::from_params(call.msg.params).map_err(|e| {
             ProxyError::new(

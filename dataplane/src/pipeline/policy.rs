@@ -59,6 +59,18 @@ pub fn admit(w: &Worker, principal: &Principal) -> Result<(), ProxyError> {
     Ok(())
 }
 
+/// Records the principal's visibility class in the session, so the lists `route` serves show
+/// exactly the tools this principal may use.
+pub fn classify(w: &Worker, cx: &Ctx<'_>, session: &Session) {
+    if let Some(g) = w.hub.gov.get() {
+        let class = g.policy.classify(&cx.principal);
+        let mut st = session.state.lock();
+        if st.vis != Some(class) {
+            st.vis = Some(class);
+        }
+    }
+}
+
 /// What the policy says of a routed call.
 // Returned once per call and matched at once; boxing the answer would add an allocation.
 #[allow(clippy::large_enum_variant)]

@@ -547,6 +547,7 @@ pub async fn standalone_stream(
                 .map(|(_, id)| id.clone());
             match upstream::get_stream(&w.pool, w.upstream(u), &us, resume_from.as_deref()).await {
                 Ok(Some(c)) => {
+                    tracing::debug!(session = %session.id, upstream = %w.upstream(u).name, resume_from = ?resume_from, "upstream GET stream attached");
                     upstream::spawn_reader(c, u, tx.clone());
                     a.live = Some(us.generation);
                     a.retry_at = None;
@@ -601,6 +602,7 @@ pub async fn standalone_stream(
                 }
             }
             Some((u, ReaderMsg::End(_))) | Some((u, ReaderMsg::Failed(_))) => {
+                tracing::debug!(session = %session.id, upstream = %w.upstream(u).name, "upstream GET stream ended; re-attaching in a second");
                 attached[u].live = None;
                 // Re-attached a second later, resuming from the last event id (nothing is lost).
                 attached[u].retry_at = Some(Instant::now() + Duration::from_secs(1));
