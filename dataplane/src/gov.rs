@@ -54,6 +54,82 @@ pub struct Gov {
     pub audit_fail_closed: bool,
     /// Counters for `/metrics`.
     pub stats: GovStats,
+    /// Results kept for tools whose rule sets `cache_ttl_seconds` (`pipeline::guard`).
+    pub results: ResultCache,
+    /// Guardrails the embedding registered ([`crate::Extensions`]), run on every governed
+    /// tool result after the rule's own redaction.
+    pub guardrails: Vec<Arc<dyn governance::redact::Guardrail>>,
+}
+
+/// Tool results kept per (principal, upstream, tool, arguments) until their TTL; bounded (the
+/// whole cache is cleared when full, as the assertion cache does; a cache miss only costs a call).
+pub struct ResultCache {
+    map: dashmap::DashMap<Arc<str>, (std::time::Instant, bytes::Bytes)>,
+    max_entries: usize,
+    max_bytes: usize,
+}
+
+impl Default for ResultCache {
+    fn default() -> Self {
+        Self {
+            map: dashmap::DashMap::new(),
+            max_entries: 10_000,
+            max_bytes: 256 << 10,
+        }
+    }
+}
+
+impl ResultCache {
+    /// The kept `result` object (raw JSON) for `key`, if it has not expired.
+    pub fn get(&self, key: &str) -> Option<bytes::Bytes> {
+        let hit = self.map.get(key)?;
+        if hit.0 > std::time::Instant::now() {
+            return Some(hit.1.clone());
+        }
+        drop(hit);
+        self.map.remove(key);
+        None
+    }
+
+    /// Keeps the `result` of `response` (a JSON-RPC response) for `ttl`, unless it is an error,
+    /// a tool error, an `input_required` result, or too large.
+    pub fn put(&self, key: &Arc<str>, ttl: Duration, response: &[u8]) {
+        #[derive(serde::Deserialize)]
+        struct Resp<'a> {
+            #[serde(borrow)]
+            result: Option<&'a serde_json::value::RawValue>,
+        }
+        #[derive(serde::Deserialize)]
+        struct Outcome<'a> {
+            #[serde(default, rename = "isError")]
+            is_error: bool,
+            #[serde(default, borrow, rename = "resultType")]
+            result_type: Option<&'a str>,
+        }
+        if response.len() > self.max_bytes {
+            return;
+        }
+        let Ok(Resp {
+            result: Some(result),
+        }) = serde_json::from_slice::<Resp<'_>>(response)
+        else {
+            return;
+        };
+        match serde_json::from_str::<Outcome<'_>>(result.get()) {
+            Ok(o) if !o.is_error && o.result_type.is_none_or(|t| t == "complete") => {}
+            _ => return,
+        }
+        if self.map.len() >= self.max_entries {
+            self.map.clear();
+        }
+        self.map.insert(
+            key.clone(),
+            (
+                std::time::Instant::now() + ttl,
+                bytes::Bytes::copy_from_slice(result.get().as_bytes()),
+            ),
+        );
+    }
 }
 
 /// Governance counters (exported in `/metrics`).
@@ -177,6 +253,8 @@ impl Gov {
                 .as_ref()
                 .is_some_and(|a| a.on_failure == FailMode::Closed),
             stats: GovStats::default(),
+            results: ResultCache::default(),
+            guardrails: Vec::new(),
             policy,
         })
     }

@@ -71,6 +71,33 @@ pub struct Running {
     pub edge_addr: Option<std::net::SocketAddr>,
 }
 
+/// What an embedding adds to the hub beyond its config.
+#[derive(Default)]
+pub struct Extensions {
+    /// Guardrails run on every governed tool result, after the tool rule's own `redact` rules
+    /// (see [`governance::redact::Guardrail`]: quick, no IO, first `Block` wins).
+    pub guardrails: Vec<Arc<dyn governance::redact::Guardrail>>,
+}
+
+/// Stops taking decisions that outlive the process (SIGTERM, SIGINT): every call held for
+/// approval is denied with `reason` (each client gets a tool result saying so, and each denial is
+/// audited), the clients are given up to `grace` to receive them, and the audit log is flushed
+/// and closed. The caller exits afterwards.
+pub fn shutdown(hub: &hub::Hub, reason: &str, grace: std::time::Duration) {
+    let Some(g) = hub.gov.get() else { return };
+    let denied = g.approvals.deny_all(reason);
+    if !denied.is_empty() {
+        tracing::info!(held = denied.len(), reason, "held calls denied at shutdown");
+        // The held streams write their tool results on the workers: give them a moment. This
+        // runs on the signal thread, never on a worker.
+        #[allow(clippy::disallowed_methods)]
+        std::thread::sleep(grace.min(std::time::Duration::from_millis(500)));
+    }
+    if let Some(log) = &g.audit {
+        log.close(grace);
+    }
+}
+
 /// Starts a hub from a validated snapshot: binds, starts the edge tunnels (if configured),
 /// housekeeping and the workers.
 ///
@@ -78,6 +105,14 @@ pub struct Running {
 /// When an address cannot be bound, the edge certificates cannot be loaded, or a thread cannot
 /// start.
 pub fn start(snap: config::Snapshot) -> std::io::Result<Running> {
+    start_with(snap, Extensions::default())
+}
+
+/// [`start`], with what the embedding adds.
+///
+/// # Errors
+/// As [`start`].
+pub fn start_with(snap: config::Snapshot, ext: Extensions) -> std::io::Result<Running> {
     let addr = worker::probe_bind(snap.listen)?;
     let mut snap = snap;
     snap.listen = addr;
@@ -117,7 +152,8 @@ pub fn start(snap: config::Snapshot) -> std::io::Result<Running> {
             .cluster
             .as_ref()
             .map_or_else(|| addr.to_string(), |c| c.me().to_string());
-        let gov = gov::Gov::build(g, addr, &id).map_err(std::io::Error::other)?;
+        let mut gov = gov::Gov::build(g, addr, &id).map_err(std::io::Error::other)?;
+        gov.guardrails = ext.guardrails;
         let _ = hub.gov.set(gov);
     }
     #[cfg(feature = "edge")]

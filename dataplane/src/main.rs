@@ -2,6 +2,7 @@
 //! worker per core and prints the MCP endpoint.
 
 use std::path::PathBuf;
+use std::time::Duration;
 
 use anyhow::Context;
 use clap::Parser;
@@ -194,6 +195,23 @@ fn main() -> anyhow::Result<()> {
     }
     use std::io::Write as _;
     let _ = std::io::stdout().flush();
+    // SIGTERM/SIGINT: deny what is held for approval (with a reason), flush the audit log, exit.
+    let mut signals = signal_hook::iterator::Signals::new([
+        signal_hook::consts::SIGTERM,
+        signal_hook::consts::SIGINT,
+    ])
+    .context("installing the signal handlers")?;
+    let hub = running.hub.clone();
+    std::thread::Builder::new()
+        .name("meshgate-signals".into())
+        .spawn(move || {
+            if let Some(sig) = signals.forever().next() {
+                tracing::info!(signal = sig, "shutting down");
+                dataplane::shutdown(&hub, "the hub is shutting down", Duration::from_secs(2));
+                std::process::exit(0);
+            }
+        })
+        .context("starting the signal thread")?;
     for h in running.workers {
         let _ = h.join();
     }

@@ -157,6 +157,8 @@ pub struct Suspended {
     pub asked_id: Box<str>,
     /// Whether the request asked for log messages.
     pub log_level: bool,
+    /// The tool rule's guard for the final result.
+    pub guard: Option<Box<crate::pipeline::guard::Guard>>,
     /// The rest of the upstream's answer.
     pub events: tokio::sync::mpsc::Receiver<Option<h1::SseEvent>>,
     /// When it was parked (old ones are dropped).

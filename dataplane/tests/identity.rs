@@ -99,10 +99,13 @@ fn call_as(hub: &Hub, token: &str, sid: &str, name: &str, args: &str) -> serde_j
         .unwrap()
 }
 
-/// A real HTTP/1.1 MCP server on loopback that records the headers of every request it gets.
+/// A real HTTP/1.1 MCP server on loopback that records the headers and bodies of every request
+/// it gets. Tools: `whoami` (answers "recorded"), `secret` (a result carrying a card number and a
+/// token, for redaction), `slow` (answers after 3 s, for the time bound).
 struct Recorder {
     addr: SocketAddr,
     heads: Arc<Mutex<Vec<String>>>,
+    bodies: Arc<Mutex<Vec<serde_json::Value>>>,
 }
 
 impl Recorder {
@@ -110,17 +113,32 @@ impl Recorder {
         let l = TcpListener::bind("127.0.0.1:0").unwrap();
         let addr = l.local_addr().unwrap();
         let heads = Arc::new(Mutex::new(Vec::new()));
-        let h = heads.clone();
+        let bodies = Arc::new(Mutex::new(Vec::new()));
+        let (h, b) = (heads.clone(), bodies.clone());
         std::thread::spawn(move || {
             for conn in l.incoming().flatten() {
-                let h = h.clone();
-                std::thread::spawn(move || Self::serve(conn, &h));
+                let (h, b) = (h.clone(), b.clone());
+                std::thread::spawn(move || Self::serve(conn, &h, &b));
             }
         });
-        Self { addr, heads }
+        Self {
+            addr,
+            heads,
+            bodies,
+        }
     }
 
-    fn serve(conn: TcpStream, heads: &Mutex<Vec<String>>) {
+    /// `tools/call`s of `tool` the upstream received.
+    fn calls_of(&self, tool: &str) -> usize {
+        self.bodies
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|v| v["method"] == "tools/call" && v["params"]["name"] == tool)
+            .count()
+    }
+
+    fn serve(conn: TcpStream, heads: &Mutex<Vec<String>>, bodies: &Mutex<Vec<serde_json::Value>>) {
         let mut w = conn.try_clone().unwrap();
         let mut r = BufReader::new(conn);
         loop {
@@ -145,6 +163,7 @@ impl Recorder {
             }
             let v: serde_json::Value = serde_json::from_slice(&body).unwrap_or_default();
             heads.lock().unwrap().push(head);
+            bodies.lock().unwrap().push(v.clone());
             let id = v["id"].clone();
             let answer = match v["method"].as_str() {
                 _ if id.is_null() => {
@@ -155,11 +174,22 @@ impl Recorder {
                     r#"{{"jsonrpc":"2.0","id":{id},"result":{{"protocolVersion":"2025-11-25","capabilities":{{"tools":{{}}}},"serverInfo":{{"name":"rec","version":"1"}}}}}}"#
                 ),
                 Some("tools/list") => format!(
-                    r#"{{"jsonrpc":"2.0","id":{id},"result":{{"tools":[{{"name":"whoami","inputSchema":{{"type":"object"}}}}]}}}}"#
+                    r#"{{"jsonrpc":"2.0","id":{id},"result":{{"tools":[{{"name":"whoami","inputSchema":{{"type":"object"}}}},{{"name":"secret","inputSchema":{{"type":"object"}}}},{{"name":"slow","inputSchema":{{"type":"object"}}}}]}}}}"#
                 ),
-                Some("tools/call") => format!(
-                    r#"{{"jsonrpc":"2.0","id":{id},"result":{{"content":[{{"type":"text","text":"recorded"}}]}}}}"#
+                Some("tools/call") if v["params"]["name"] == "secret" => format!(
+                    r#"{{"jsonrpc":"2.0","id":{id},"result":{{"content":[{{"type":"text","text":"card 4111-1111-1111-1111 on file"}}],"structuredContent":{{"token":"tok-abc","ok":true}}}}}}"#
                 ),
+                Some("tools/call") if v["params"]["name"] == "slow" => {
+                    std::thread::sleep(Duration::from_secs(3));
+                    format!(
+                        r#"{{"jsonrpc":"2.0","id":{id},"result":{{"content":[{{"type":"text","text":"late"}}]}}}}"#
+                    )
+                }
+                Some("tools/call") => serde_json::json!({
+                    "jsonrpc": "2.0", "id": id,
+                    "result": {"content": [{"type": "text", "text": format!("recorded {}", v["params"]["arguments"])}]}
+                })
+                .to_string(),
                 _ => format!(r#"{{"jsonrpc":"2.0","id":{id},"result":{{}}}}"#),
             };
             let out = format!(
@@ -647,4 +677,254 @@ fn approvals_are_held_decided_and_timed_out_and_everything_is_audited() {
     println!("{}", tamper("inserted", inserted.join("\n") + "\n"));
     let truncated = lines[..lines.len() - 1].join("\n") + "\n";
     println!("{}", tamper("truncated", truncated));
+}
+
+#[test]
+fn tool_rules_cache_results_bound_calls_and_redact_what_leaves_the_hub() {
+    let (_iss, iss_url) = issuer();
+    let rec = Recorder::start();
+    // Two upstreams answering over SSE: one whose result text carries an account id, one slow.
+    let tagged = MockServer::start(MockConfig {
+        sse: true,
+        tag_results: true,
+        server_name: "acct-0042-secret".into(),
+        ..MockConfig::default()
+    })
+    .unwrap();
+    let slow_sse = MockServer::start(MockConfig {
+        sse: true,
+        service_time: loadtest::mock::ServiceTime::Fixed(Duration::from_secs(3)),
+        ..MockConfig::default()
+    })
+    .unwrap();
+    let dir = scratch("guard");
+    let audit_key = key_file(&dir, "audit.key");
+    let log = dir.join("audit.jsonl");
+    let port = closed_port();
+    let resource = format!("http://127.0.0.1:{port}/mcp");
+    let hub = start_hub(
+        &format!(
+            "listen: 127.0.0.1:{port}\nworkers: 2\n\
+             auth:\n  resource: {resource}\n  jwt:\n    issuer: {iss_url}\n\
+             policy:\n  tools:\n\
+             \x20   - match: rec/whoami\n      cache_ttl_seconds: 60\n\
+             \x20   - match: rec/secret\n      redact:\n        - pattern: '\\d{{4}}-\\d{{4}}-\\d{{4}}-\\d{{4}}'\n        - pointer: /token\n\
+             \x20   - match: rec/slow\n      max_execution_timeout_ms: 300\n\
+             \x20   - match: tagged/tool_0\n      redact:\n        - pattern: 'acct-\\d{{4}}-secret'\n\
+             \x20   - match: slowsse/tool_0\n      max_execution_timeout_ms: 300\n\
+             audit:\n  path: {}\n  key_file: {}\n\
+             upstreams:\n  - name: rec\n    url: http://{}/mcp\n  - name: tagged\n    url: {}\n  - name: slowsse\n    url: {}\n",
+            log.display(),
+            audit_key.display(),
+            rec.addr,
+            tagged.url(),
+            slow_sse.url()
+        ),
+        "auto",
+    );
+    let tok = |sub: &str| mint(&iss_url, &format!("sub={sub}&roles=viewer&aud={resource}"));
+    let (alice, bob) = (tok("alice"), tok("bob"));
+    let a = initialize_as(&hub, &alice);
+    let b = initialize_as(&hub, &bob);
+
+    // cache_ttl_seconds: the same call by the same principal is answered by the hub.
+    let first = call_as(&hub, &alice, &a, "rec__whoami", r#"{"x":1}"#);
+    let again = call_as(&hub, &alice, &a, "rec__whoami", r#"{"x":1}"#);
+    assert_eq!(first["result"], again["result"], "{first} / {again}");
+    assert!(
+        first.to_string().contains(r#"recorded {\"x\":1}"#),
+        "{first}"
+    );
+    assert_eq!(
+        rec.calls_of("whoami"),
+        1,
+        "the second call reached the upstream"
+    );
+    // Other arguments, or another principal, are not served from it.
+    let other = call_as(&hub, &alice, &a, "rec__whoami", r#"{"x":2}"#);
+    assert!(
+        other.to_string().contains(r#"recorded {\"x\":2}"#),
+        "{other}"
+    );
+    assert_eq!(rec.calls_of("whoami"), 2);
+    let bobs = call_as(&hub, &bob, &b, "rec__whoami", r#"{"x":1}"#);
+    assert!(bobs["result"].is_object(), "{bobs}");
+    assert_eq!(
+        rec.calls_of("whoami"),
+        3,
+        "a cached result was shared across principals"
+    );
+
+    // redact: the card number (regex over text) and the token (pointer into
+    // structuredContent) never leave the hub; the rest does.
+    let secret = call_as(&hub, &alice, &a, "rec__secret", "{}");
+    let text = secret["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default();
+    assert_eq!(text, "card [REDACTED] on file", "{secret}");
+    assert_eq!(
+        secret["result"]["structuredContent"]["token"], "[REDACTED]",
+        "{secret}"
+    );
+    assert_eq!(
+        secret["result"]["structuredContent"]["ok"], true,
+        "{secret}"
+    );
+    assert!(!secret.to_string().contains("4111"), "{secret}");
+    assert!(!secret.to_string().contains("tok-abc"), "{secret}");
+
+    // The same on a streamed (SSE) result: the final response is redacted before it is relayed.
+    let streamed = call_as(&hub, &alice, &a, "tagged__tool_0", "{}");
+    let text = streamed["result"]["content"][0]["text"]
+        .as_str()
+        .unwrap_or_default();
+    assert!(text.starts_with("[REDACTED]:x"), "{streamed}");
+    assert!(!streamed.to_string().contains("acct-0042"), "{streamed}");
+    // And a streamed call past its bound is a tool error too.
+    let slow = call_as(&hub, &alice, &a, "slowsse__tool_0", "{}");
+    assert_eq!(slow["result"]["isError"], true, "{slow}");
+    assert!(
+        slow.to_string()
+            .contains("maximum execution time of 300 ms"),
+        "{slow}"
+    );
+
+    // max_execution_timeout_ms: past 300 ms the client gets a tool error and the upstream is
+    // told to cancel that very request.
+    let slow = call_as(&hub, &alice, &a, "rec__slow", "{}");
+    assert_eq!(slow["result"]["isError"], true, "{slow}");
+    assert!(
+        slow.to_string()
+            .contains("maximum execution time of 300 ms"),
+        "{slow}"
+    );
+    let slow_id = rec
+        .bodies
+        .lock()
+        .unwrap()
+        .iter()
+        .find(|v| v["method"] == "tools/call" && v["params"]["name"] == "slow")
+        .map(|v| v["id"].clone())
+        .expect("the slow call reached the upstream");
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let cancelled = loop {
+        let seen = rec.bodies.lock().unwrap().iter().any(|v| {
+            v["method"] == "notifications/cancelled" && v["params"]["requestId"] == slow_id
+        });
+        if seen || Instant::now() > deadline {
+            break seen;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    };
+    assert!(
+        cancelled,
+        "the upstream was not told to cancel request {slow_id}"
+    );
+    // The hub goes on.
+    let after = call_as(&hub, &alice, &a, "rec__whoami", r#"{"x":3}"#);
+    assert!(after["result"].is_object(), "{after}");
+
+    // Each redaction and the time-out are in the audit log.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let text = loop {
+        let text = std::fs::read_to_string(&log).unwrap_or_default();
+        if text.contains("\"guardrail\"") && text.contains("maximum execution time")
+            || Instant::now() > deadline
+        {
+            break text;
+        }
+        std::thread::sleep(Duration::from_millis(100));
+    };
+    assert!(text.contains("\"kind\":\"guardrail\""), "{text}");
+    assert!(text.contains("result redacted"), "{text}");
+    assert!(text.contains("maximum execution time exceeded"), "{text}");
+}
+
+#[test]
+fn a_hub_shutdown_denies_held_calls_with_a_reason_and_closes_the_audit_log() {
+    let mock = MockServer::start(MockConfig::default()).unwrap();
+    let dir = scratch("shutdown");
+    let audit_key = key_file(&dir, "audit.key");
+    let log = dir.join("audit.jsonl");
+    let user_key = "user-key-789";
+    let port = closed_port();
+    let mut hub = start_hub(
+        &format!(
+            "listen: 127.0.0.1:{port}\nworkers: 2\n\
+             auth:\n  resource: http://127.0.0.1:{port}/mcp\n  api_keys:\n    - name: user\n      hash: \"{}\"\n\
+             policy:\n  tools:\n    - match: mock/tool_1\n      requires_approval: true\n      approval_timeout: 1m\n\
+             audit:\n  path: {}\n  key_file: {}\n\
+             upstreams:\n  - name: mock\n    url: {}\n",
+            governance::identity::hash_api_key(user_key),
+            log.display(),
+            audit_key.display(),
+            mock.url()
+        ),
+        "auto",
+    );
+    let sid = initialize_as(&hub, user_key);
+    let addr = hub.addr;
+    let held = std::thread::spawn(move || {
+        post(
+            &addr,
+            Some(&sid),
+            r#"{"jsonrpc":"2.0","id":"s","method":"tools/call","params":{"name":"mock__tool_1","arguments":{}}}"#,
+            &[("Authorization", &format!("Bearer {user_key}"))],
+        )
+    });
+    // Held once its record is in the log.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while !std::fs::read_to_string(&log)
+        .unwrap_or_default()
+        .contains("approval_held")
+        && Instant::now() < deadline
+    {
+        std::thread::sleep(Duration::from_millis(50));
+    }
+    // SIGTERM: the held call is denied with the reason, and the hub exits on its own.
+    let pid = hub.child.id().to_string();
+    let st = Command::new("kill").args(["-TERM", &pid]).status().unwrap();
+    assert!(st.success());
+    let r = held.join().unwrap();
+    let answer = r
+        .messages()
+        .into_iter()
+        .rev()
+        .find(|m| m["id"] == "s")
+        .unwrap_or_else(|| panic!("no answer to the held call: {}", r.text()));
+    assert_eq!(answer["result"]["isError"], true, "{answer}");
+    assert!(
+        answer.to_string().contains("the hub is shutting down"),
+        "{answer}"
+    );
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let exited = loop {
+        match hub.child.try_wait().unwrap() {
+            Some(status) => break Some(status),
+            None if Instant::now() > deadline => break None,
+            None => std::thread::sleep(Duration::from_millis(50)),
+        }
+    };
+    assert!(
+        exited.is_some_and(|s| s.success()),
+        "the hub did not exit cleanly: {exited:?}"
+    );
+    // The denial is audited, and the closed log verifies with nothing unanchored.
+    let text = std::fs::read_to_string(&log).unwrap();
+    let rejected = text
+        .lines()
+        .filter_map(|l| serde_json::from_str::<serde_json::Value>(l).ok())
+        .find(|v| v["kind"] == "approval_rejected")
+        .unwrap_or_else(|| panic!("no approval_rejected record:\n{text}"));
+    assert_eq!(rejected["reason"], "the hub is shutting down", "{rejected}");
+    let out = Command::new(env!("CARGO_BIN_EXE_meshgate"))
+        .args(["audit", "verify"])
+        .arg(&log)
+        .arg("--key")
+        .arg(&audit_key)
+        .output()
+        .unwrap();
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(out.status.success(), "{said}");
+    assert!(said.contains("unanchored: 0"), "{said}");
 }

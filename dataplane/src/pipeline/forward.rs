@@ -296,6 +296,7 @@ async fn send_once(
                 cancel: cancel.clone(),
                 modern: us.is_modern(),
                 request: request.clone(),
+                guard: None,
             })),
             Ok(Reply::Status(s)) => Err(ProxyError::new(
                 crate::error::ErrorKind::UpstreamProtocol,

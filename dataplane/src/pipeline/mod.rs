@@ -1,20 +1,23 @@
 //! The request path on the MCP endpoint: one request = one ordered list of stages.
 //!
 //! ```text
-//! admit → identify → session → policy → route → affinity → forward → relay → audit
+//! admit → identify → session → policy → route → policy (per tool) → affinity → guard → forward → relay → audit
 //! ```
 //!
 //! | stage | module | owns |
 //! |---|---|---|
-//! | admit | [`admit`] | HTTP checks: method, Origin/Host, media types, `MCP-Protocol-Version`, the JSON-RPC envelope (peek) |
-//! | identify | [`identify`] | who is calling: the [`identify::Principal`] (anonymous until authentication exists) |
-//! | session | [`session`] | find the session (or create it at `initialize`), its owner among hub replicas, takeover |
-//! | policy | [`policy`] | may this principal do this (allow, until policies exist) |
+//! | admit | [`admit`] | HTTP checks: method, Origin/Host, media types, `MCP-Protocol-Version`, the JSON-RPC envelope (peek), the era |
+//! | identify | [`identify`] | who is calling: the [`identify::Principal`] (bearer JWT, API key, or anonymous with `auth: none`) |
+//! | session | [`session`] | find the session (or create it at `initialize`), bound to its principal; its owner among hub replicas, takeover |
+//! | policy | [`policy`] | the principal's rate limit (before anything is parsed), its visibility class, then per tool: hidden, scope, rate, loop lock, `inputSchema`, approval |
 //! | route | [`route`] | the method table: answer what the hub owns, or map a name/URI to `(upstream, original)` |
 //! | affinity | [`affinity`] | which replica of the upstream, and the upstream session on it |
-//! | forward | [`forward`] | send upstream; on a lost replica move the session and retry only when safe |
-//! | relay | [`relay`] | SSE back to the client: hub-minted event ids, server→client id remapping, replay |
-//! | audit | [`audit`] | a record of every request, on success and on error |
+//! | guard | [`guard`] | what the tool's rule asks around the call: result cache, time bound, guardrails |
+//! | forward | [`forward`] | send upstream (its credential, the user assertion); on a lost replica move the session and retry only when safe |
+//! | relay | [`relay`] | SSE back to the client: hub-minted event ids, server→client id remapping, replay, held calls, era translation of streams |
+//! | audit | [`audit`] | a signed record of every tool call, on success and on error |
+//!
+//! A 2026-07-28 request runs the same stages from [`modern::post`], statelessly.
 //!
 //! What stages learn about a request travels in [`Ctx`] (the HTTP request, the principal, the
 //! session) and, per JSON-RPC message, in [`Call`] (the peeked message, the chosen upstream and
@@ -22,15 +25,17 @@
 //! request with a [`ProxyError`], rendered once by [`reply_error`].
 //!
 //! One `tools/call`, top to bottom: [`handle`] → [`admit::origin_and_host`] →
-//! [`identify::principal`] → [`session::route_to_owner`] → [`post`] → [`admit::post`] →
-//! [`admit::peek`] → [`serve`] → [`session::find`] → [`policy::check`] → [`route::route`] →
-//! [`affinity::upstream_session`] → [`forward::forward`] → [`respond`] → [`relay::post_stream`]
-//! (when the upstream streams) → [`audit::record`].
+//! [`identify::principal`] → [`policy::admit`] → [`session::route_to_owner`] → [`post`] →
+//! [`admit::media_types`] → [`admit::peek`] → [`admit::era`] → [`serve`] → [`session::find`] →
+//! [`policy::classify`] → [`route::route`] → [`policy::tool_call`] →
+//! [`affinity::upstream_session`] → [`guard::forward`] → [`forward::forward`] → [`respond`] →
+//! [`relay::post_stream`] (when the upstream streams) → [`audit::record`].
 
 pub mod admit;
 pub mod affinity;
 pub mod audit;
 pub mod forward;
+pub mod guard;
 pub mod identify;
 pub mod modern;
 pub mod policy;
@@ -150,6 +155,8 @@ pub enum Answer {
         approval: String,
         /// The decision, when it comes (rejection or expiry included).
         decision: tokio::sync::oneshot::Receiver<governance::approval::ApprovalDecision>,
+        /// The rule's guard, for the call once it runs.
+        guard: Option<guard::Guard>,
     },
     /// A 2026-07-28 upstream answered a legacy client's request with `input_required`: the hub
     /// asks the client on an SSE stream and retries ([`relay::input_rounds`]).
@@ -251,11 +258,11 @@ pub async fn serve(
         route::Routed::Upstream(t) => t,
     };
     // policy: may this principal call this tool, now, with these arguments.
-    match policy::tool_call(w, cx, call, &target, &session).await? {
-        policy::Verdict::Go(_) => {}
+    let rule = match policy::tool_call(w, cx, call, &target, &session).await? {
+        policy::Verdict::Go(rule) => rule,
         policy::Verdict::Answer(a) => return Ok(a),
-        policy::Verdict::Hold(rule) => return Ok(hold(w, cx, call, target, rule)),
-    }
+        policy::Verdict::Hold(rule) => return Ok(hold(w, cx, call, &session, target, rule)),
+    };
     // affinity: the replica and the upstream session on it.
     let us = affinity::upstream_session(w, &session, target.upstream).await?;
     call.replica = Some(us.replica);
@@ -275,8 +282,10 @@ pub async fn serve(
         ))));
     }
     // forward: send it; a lost replica moves the session, and a retry happens only when safe.
+    // A tool rule's guard (cache, time bound, guardrails) wraps it.
     let modern_upstream = us.is_modern();
-    let answer = forward::forward(w, &session, &cx.principal, call, &target, us).await?;
+    let guard = guard::Guard::for_call(w, &cx.principal, &session, call, &target, rule);
+    let answer = guard::forward(w, &session, &cx.principal, call, &target, us, guard).await?;
     route::after_forward(w, &session, &target);
     Ok(match answer {
         Answer::Json(first) if modern_upstream && relay::is_input_required(&first) => {
@@ -296,9 +305,11 @@ pub fn hold(
     w: &Worker,
     cx: &Ctx<'_>,
     call: &Call<'_>,
+    session: &Session,
     target: route::Target,
     rule: &governance::policy::ToolRule,
 ) -> Answer {
+    let guard = guard::Guard::for_call(w, &cx.principal, session, call, &target, Some(rule));
     let g = w.hub.gov.get().expect("a held call has governance");
     let args: serde_json::Value =
         serde_json::from_str(audit::arguments(call)).unwrap_or(serde_json::Value::Null);
@@ -328,6 +339,7 @@ pub fn hold(
         target,
         approval: id,
         decision,
+        guard,
     }
 }
 
@@ -358,8 +370,11 @@ async fn respond(
             target,
             approval,
             decision,
+            guard,
         }) => match &cx.session {
-            Some(s) => relay::held(w, conn, cx, s, call, target, &approval, decision).await && keep,
+            Some(s) => {
+                relay::held(w, conn, cx, s, call, target, &approval, decision, guard).await && keep
+            }
             None => false,
         },
         Ok(Answer::Input {

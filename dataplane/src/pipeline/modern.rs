@@ -69,7 +69,15 @@ pub async fn post<'r>(w: &Rc<Worker>, conn: &mut Conn, cx: &mut Ctx<'r>, msg: Pe
             if let Some(f) = flight {
                 let us = s.state.lock().upstreams[f.upstream].clone();
                 if let Some(us) = us.filter(|us| !us.is_modern()) {
-                    super::relay::cancel_upstream(w, s, f.upstream, us.generation, call.id()).await;
+                    super::relay::cancel_upstream(
+                        w,
+                        s,
+                        f.upstream,
+                        us.generation,
+                        call.id(),
+                        super::relay::CLIENT_CLOSED,
+                    )
+                    .await;
                 }
             }
         }
@@ -181,17 +189,20 @@ async fn serve(
         super::route::Routed::Upstream(t) => t,
     };
     // policy: may this principal call this tool, now, with these arguments.
-    match super::policy::tool_call(w, cx, call, &target, &session).await? {
-        super::policy::Verdict::Go(_) => {}
+    let rule = match super::policy::tool_call(w, cx, call, &target, &session).await? {
+        super::policy::Verdict::Go(rule) => rule,
         super::policy::Verdict::Answer(a) => return Ok(Modern::Answer(a)),
         super::policy::Verdict::Hold(rule) => {
-            return Ok(Modern::Answer(super::hold(w, cx, call, target, rule)))
+            return Ok(Modern::Answer(super::hold(
+                w, cx, call, &session, target, rule,
+            )))
         }
-    }
+    };
     let us = super::affinity::upstream_session(w, &session, target.upstream).await?;
     call.replica = Some(us.replica);
+    let guard = super::guard::Guard::for_call(w, &cx.principal, &session, call, &target, rule);
     let answer =
-        super::forward::forward(w, &session, &cx.principal, call, &target, us.clone()).await?;
+        super::guard::forward(w, &session, &cx.principal, call, &target, us.clone(), guard).await?;
     Ok(Modern::Answer(match answer {
         // A legacy upstream's answer in the modern shape; a modern upstream's as it is.
         Answer::Json(body) if !us.is_modern() => Answer::Json(modern_result(&body, name)),
@@ -214,9 +225,11 @@ async fn respond(
             target,
             approval,
             decision,
+            guard,
         } => match &cx.session {
             Some(s) => {
-                super::relay::held(w, conn, cx, s, call, target, &approval, decision).await && keep
+                super::relay::held(w, conn, cx, s, call, target, &approval, decision, guard).await
+                    && keep
             }
             None => false,
         },
@@ -443,6 +456,7 @@ async fn resume(
         upstream_id: parked.upstream_id,
         modern: false,
         log_level: parked.log_level,
+        guard: parked.guard,
     };
     Ok(Some(Modern::Resume(
         flow,

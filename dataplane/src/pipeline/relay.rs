@@ -56,6 +56,8 @@ pub struct StreamSource {
     pub modern: bool,
     /// The request as routed (before any envelope), to retry after an `input_required`.
     pub request: Bytes,
+    /// The tool rule's guard (time bound, guardrails, cache) for the final result.
+    pub guard: Option<Box<super::guard::Guard>>,
 }
 
 /// One answer of a batch.
@@ -254,9 +256,13 @@ async fn relay_to_response(
         cancel,
         modern,
         request,
+        guard,
     } = src;
     let up = w.upstream(u);
-    let deadline = Instant::now() + up.request_timeout;
+    // The upstream's request timeout, or the tool rule's tighter bound.
+    let bound = guard.as_ref().and_then(|g| g.timeout());
+    let policy_bound = bound.is_some_and(|b| b < up.request_timeout);
+    let deadline = Instant::now() + bound.map_or(up.request_timeout, |b| b.min(up.request_timeout));
     let keepalive = w.hub.snap.sse_keepalive;
     let mut reader = Some(up_conn);
     let mut done = false;
@@ -305,10 +311,18 @@ async fn relay_to_response(
                         // A 2026-07-28 upstream wants input: ask this legacy client for it as
                         // server→client requests, retry, and relay the final answer.
                         let fin = input_rounds(w, em, session, u, &request, &client_id, data).await;
+                        let fin = match &guard {
+                            Some(g) => super::guard::finish(w, g, &client_id, fin),
+                            None => fin,
+                        };
                         em.emit(&fin).await;
                         done = true;
                         break;
                     }
+                    let data = match &guard {
+                        Some(g) if is_final => super::guard::finish(w, g, &client_id, data),
+                        _ => data,
+                    };
                     em.emit(&data).await;
                     if is_final {
                         done = true;
@@ -345,6 +359,22 @@ async fn relay_to_response(
                 failure = format!("upstream '{}' stream could not be resumed: {e}", up.name);
                 break;
             }
+        }
+    }
+    if !done && policy_bound && deadline <= Instant::now() {
+        // Past the tool rule's bound: the upstream is told to stop, the client gets a tool error.
+        if let Some(g) = &guard {
+            cancel_upstream(
+                w,
+                session,
+                u,
+                generation,
+                &client_id,
+                "the call exceeded the tool's maximum execution time",
+            )
+            .await;
+            em.emit(&g.timed_out(&client_id)).await;
+            done = true;
         }
     }
     if !done {
@@ -753,6 +783,7 @@ pub async fn modern_post_stream(
         cancel,
         modern,
         request: _,
+        guard,
     } = src;
     let (tx, rx) = mpsc::channel::<((), ReaderMsg)>(64);
     upstream::spawn_reader(up_conn, (), tx);
@@ -763,6 +794,7 @@ pub async fn modern_post_stream(
         upstream_id: client_id.clone(),
         modern,
         log_level,
+        guard,
     };
     modern_pump(
         w,
@@ -790,6 +822,8 @@ pub struct Flow {
     pub modern: bool,
     /// Whether the request asked for log messages.
     pub log_level: bool,
+    /// The tool rule's guard for the final result (kept across input rounds).
+    pub guard: Option<Box<super::guard::Guard>>,
 }
 
 /// Pumps an upstream answer to a 2026-07-28 client's request as an SSE stream: a modern
@@ -817,6 +851,7 @@ pub async fn modern_pump(
         ref upstream_id,
         modern,
         log_level,
+        ref guard,
     } = flow;
     let up = w.upstream(u);
     let mut client_ok = conn.start_stream(200, &SSE_HEADERS).await.is_ok();
@@ -876,7 +911,11 @@ pub async fn modern_pump(
                 } else {
                     super::modern::modern_result(data, "")
                 };
-                Some(rewrite_id(&typed, reply_id))
+                let out = rewrite_id(&typed, reply_id);
+                Some(match guard {
+                    Some(g) => super::guard::finish(w, g, reply_id, out),
+                    None => out,
+                })
             }
             Kind::Response => None,
             Kind::Notification => {
@@ -961,7 +1000,7 @@ pub async fn modern_pump(
     }
     if !done && !client_ok && !modern {
         // The client closed its stream: that is the cancel; tell the legacy upstream.
-        cancel_upstream(w, session, u, generation, upstream_id).await;
+        cancel_upstream(w, session, u, generation, upstream_id, CLIENT_CLOSED).await;
     }
     client_ok && conn.finish_stream().await.is_ok()
 }
@@ -999,6 +1038,7 @@ fn suspend(w: &Worker, session: &Session, flow: &Flow, source: Source, asked_id:
         upstream_id: flow.upstream_id.clone(),
         asked_id: asked_id.into(),
         log_level: flow.log_level,
+        guard: flow.guard.clone(),
         events: source.into_remote(),
         created: Instant::now(),
     };
@@ -1023,14 +1063,18 @@ pub fn state_aad(principal: &str) -> String {
     format!("mrtr\u{0}{principal}")
 }
 
-/// Sends `notifications/cancelled` for `client_id` to upstream `u` (a 2026-07-28 client closed
-/// its stream, or went away).
+/// The cancel reason when a client closed its stream (the 2026-07-28 cancel) or went away.
+pub const CLIENT_CLOSED: &str = "the client closed its stream";
+
+/// Sends `notifications/cancelled` for `client_id` to upstream `u` with `reason` (a 2026-07-28
+/// client closed its stream or went away; a tool ran past its policy's time bound).
 pub(crate) async fn cancel_upstream(
     w: &Worker,
     session: &Session,
     u: usize,
     generation: u64,
     client_id: &str,
+    reason: &str,
 ) {
     let us = session.state.lock().upstreams[u].clone();
     let Some(us) = us.filter(|us| us.generation == generation) else {
@@ -1039,7 +1083,9 @@ pub(crate) async fn cancel_upstream(
     let mut body =
         br#"{"jsonrpc":"2.0","method":"notifications/cancelled","params":{"requestId":"#.to_vec();
     body.extend_from_slice(client_id.as_bytes());
-    body.extend_from_slice(br#","reason":"the client closed its stream"}}"#);
+    body.extend_from_slice(b",\"reason\":");
+    mcp_wire::jsonrpc::push_json_str(&mut body, reason);
+    body.extend_from_slice(b"}}");
     let up = w.upstream(u);
     if let Err(e) = upstream::post(
         &w.pool,
@@ -1489,6 +1535,7 @@ pub async fn held(
     target: super::route::Target,
     approval: &str,
     mut decision: tokio::sync::oneshot::Receiver<governance::approval::ApprovalDecision>,
+    guard: Option<super::guard::Guard>,
 ) -> bool {
     use governance::approval::ApprovalOutcome;
     use std::sync::atomic::Ordering;
@@ -1536,7 +1583,7 @@ pub async fn held(
             tracing::info!(approval, by = %d.by, "approved: the held call runs");
             let run = async {
                 let us = super::affinity::upstream_session(w, session, target.upstream).await?;
-                super::forward::forward(w, session, &cx.principal, call, &target, us).await
+                super::guard::forward(w, session, &cx.principal, call, &target, us, guard).await
             };
             match run.await {
                 Ok(super::Answer::Json(b) | super::Answer::Status(_, b)) => em.emit(&b).await,
